@@ -1,0 +1,98 @@
+# rallocs: build, test and install the C library.
+#
+#   make              librallocs.so.$(VERSION) (+ symlinks), librallocs.a and rallocs.pc in build/,
+#                     and a check that include/rallocs.h matches the sources
+#   make test         everything: Rust unit tests, ABI check, library checks, C tests, install test
+#   make install      PREFIX=/usr/local DESTDIR= (also LIBDIR, INCLUDEDIR, PKGCONFIGDIR)
+#   make uninstall    the same variables
+#   make header       regenerate include/rallocs.h after changing an extern "C" item
+#   make clean
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := all
+
+CARGO ?= cargo
+CC ?= cc
+CXX ?= g++
+# Extra cargo features for the library, e.g. CARGO_FEATURES=--no-default-features
+CARGO_FEATURES ?=
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+MAJOR := $(firstword $(subst ., ,$(VERSION)))
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR ?=
+
+BUILD := build
+SO := librallocs.so.$(VERSION)
+
+.PHONY: all lib header check-header test unit-test abi-test check-lib c-tests install-test install uninstall clean
+
+all: lib check-header $(BUILD)/rallocs.pc
+
+# cargo decides what is stale; the native libraries the archive needs are printed only when the library
+# is actually linked, so an up-to-date build that lacks that list is rebuilt once.
+lib:
+	@mkdir -p $(BUILD)
+	$(CARGO) rustc --release --lib -p rallocs $(CARGO_FEATURES) -- --print native-static-libs 2>&1 | tee $(BUILD)/cargo.log
+	@if grep -q 'native-static-libs:' $(BUILD)/cargo.log; then \
+	  sed -n 's/.*native-static-libs: //p' $(BUILD)/cargo.log | tail -n 1 > $(BUILD)/native-static-libs; \
+	elif [ ! -s $(BUILD)/native-static-libs ]; then \
+	  $(CARGO) clean --release -p rallocs; $(MAKE) --no-print-directory lib; fi
+	@cp -f target/release/librallocs.so $(BUILD)/$(SO)
+	@ln -sf $(SO) $(BUILD)/librallocs.so.$(MAJOR)
+	@ln -sf librallocs.so.$(MAJOR) $(BUILD)/librallocs.so
+	@cp -f target/release/librallocs.a $(BUILD)/librallocs.a
+
+$(BUILD)/rallocs.pc: pkgconfig/rallocs.pc.in lib
+	@sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	  -e 's|@VERSION@|$(VERSION)|' -e "s|@NATIVE_STATIC_LIBS@|$$(cat $(BUILD)/native-static-libs)|" $< > $@
+
+# build.rs writes a fresh header to target/include/rallocs.h on every build.
+check-header: lib
+	@if ! cmp -s target/include/rallocs.h include/rallocs.h; then \
+	  diff -u include/rallocs.h target/include/rallocs.h || true; \
+	  echo "include/rallocs.h differs from a fresh generation: run 'make header' and commit it" >&2; exit 1; fi
+	@echo "check-header: include/rallocs.h matches a fresh cbindgen generation"
+
+header: lib
+	cp target/include/rallocs.h include/rallocs.h
+
+test: all unit-test abi-test check-lib install-test c-tests
+
+# Unit and model tests. `override` is off so the test harness itself keeps glibc's malloc.
+unit-test:
+	$(CARGO) test --workspace --no-default-features
+
+abi-test:
+	$(CARGO) run -q -p rallocs-systest
+
+check-lib: lib
+	scripts/check-lib.sh $(BUILD) $(VERSION)
+
+install-test: all
+	scripts/install-test.sh
+
+c-tests: all
+	CC="$(CC)" CXX="$(CXX)" c-tests/run.sh $(BUILD)
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 755 $(BUILD)/$(SO) $(DESTDIR)$(LIBDIR)/$(SO)
+	ln -sf $(SO) $(DESTDIR)$(LIBDIR)/librallocs.so.$(MAJOR)
+	ln -sf librallocs.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/librallocs.so
+	install -m 644 $(BUILD)/librallocs.a $(DESTDIR)$(LIBDIR)/librallocs.a
+	install -m 644 include/rallocs.h $(DESTDIR)$(INCLUDEDIR)/rallocs.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	  -e 's|@VERSION@|$(VERSION)|' -e "s|@NATIVE_STATIC_LIBS@|$$(cat $(BUILD)/native-static-libs)|" \
+	  pkgconfig/rallocs.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/rallocs.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/$(SO) $(DESTDIR)$(LIBDIR)/librallocs.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/librallocs.so \
+	  $(DESTDIR)$(LIBDIR)/librallocs.a $(DESTDIR)$(INCLUDEDIR)/rallocs.h $(DESTDIR)$(PKGCONFIGDIR)/rallocs.pc
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)

@@ -1,0 +1,17 @@
+//! Every tunable of rallocs, with the sizes derived from it, checked at compile time.
+//!
+//! Families add their tunables here, never as literals in their own modules.
+
+/// Alignment of every block the malloc-style entry points return (`max_align_t` on x86-64 and aarch64).
+pub const MIN_ALIGN: usize = 16;
+
+/// The page size rallocs is designed for. The real one is read with [`crate::os::page_size`]; the
+/// allocator refuses to start on a kernel whose page is larger than this.
+pub const PAGE_SIZE: usize = 4096;
+
+/// Longest diagnostic line [`crate::diag`] formats on the stack before truncating it.
+pub const DIAG_LINE_MAX: usize = 256;
+
+const _: () = assert!(MIN_ALIGN.is_power_of_two() && MIN_ALIGN >= core::mem::align_of::<u128>());
+const _: () = assert!(PAGE_SIZE.is_power_of_two() && PAGE_SIZE % MIN_ALIGN == 0);
+const _: () = assert!(DIAG_LINE_MAX >= 64);
