@@ -2,7 +2,11 @@
 #
 #   make              librallocs.so.$(VERSION) (+ symlinks), librallocs.a and rallocs.pc in build/,
 #                     and a check that include/rallocs.h matches the sources
-#   make test         everything: Rust unit tests, ABI check, library checks, C tests, install test
+#   make test         everything: Rust unit tests, ABI check, library checks, C tests, install test,
+#                     benchmark smoke run
+#   make bench        the benchmark suite (release library + harness): every family against glibc,
+#                     jemalloc, mimalloc, rpmalloc; report in target/bench-report/ (BENCH_ARGS=... to pass
+#                     options, e.g. BENCH_ARGS="--workload larson --runs 5")
 #   make install      PREFIX=/usr/local DESTDIR= (also LIBDIR, INCLUDEDIR, PKGCONFIGDIR)
 #   make uninstall    the same variables
 #   make header       regenerate include/rallocs.h after changing an extern "C" item
@@ -28,7 +32,8 @@ DESTDIR ?=
 BUILD := build
 SO := librallocs.so.$(VERSION)
 
-.PHONY: all lib header check-header test unit-test abi-test check-lib c-tests install-test install uninstall clean
+.PHONY: all lib header check-header test unit-test abi-test check-lib c-tests install-test install uninstall clean \
+  bench bench-build bench-smoke
 
 all: lib check-header $(BUILD)/rallocs.pc
 
@@ -60,11 +65,12 @@ check-header: lib
 header: lib
 	cp target/include/rallocs.h include/rallocs.h
 
-test: all unit-test abi-test check-lib install-test c-tests
+test: all unit-test abi-test check-lib install-test c-tests bench-smoke
 
 # Unit and model tests. `override` is off so the test harness itself keeps glibc's malloc.
+# (the benchmark harness's own tests run in bench-smoke, with the profile its build already uses)
 unit-test:
-	$(CARGO) test --workspace --no-default-features
+	$(CARGO) test --workspace --exclude rallocs-bench --no-default-features
 
 abi-test:
 	$(CARGO) run -q -p rallocs-systest
@@ -77,6 +83,23 @@ install-test: all
 
 c-tests: all
 	CC="$(CC)" CXX="$(CXX)" c-tests/run.sh $(BUILD)
+
+# The benchmark harness: release settings without cross-crate LTO (see Cargo.toml), in its own target dir.
+BENCH_PROFILE := release-bench
+BENCH := target/$(BENCH_PROFILE)/rallocs-bench
+BENCH_ARGS ?=
+
+bench-build:
+	$(CARGO) build --profile $(BENCH_PROFILE) -p rallocs-bench
+
+bench: all bench-build
+	$(BENCH) $(BENCH_ARGS)
+
+# Every allocator through every workload at tiny sizes, once: the harness must never rot.
+bench-smoke: bench-build
+	$(CARGO) test -q --profile $(BENCH_PROFILE) -p rallocs-bench
+	$(BENCH) --smoke --out target/bench-report-smoke > target/bench-report-smoke.log
+	@tail -n 1 target/bench-report-smoke.log >/dev/null; echo "bench-smoke: ok ($$(grep -c '^| ' target/bench-report-smoke.log) table rows)"
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
