@@ -5,13 +5,13 @@
 //! they need a superblock they do not have, or give one back to restore the emptiness invariant).
 //!
 //! Invariants: every superblock on `partial[c]` has class `c`, owner null and at least one live block;
-//! every superblock on `empty` or `purged` has no live block and owner null; `purged` superblocks have
+//! every superblock on `empty` or `purged` has no live block and owner `GLOBAL_OWNER`; `purged` superblocks have
 //! had their pages after the header given back to the OS; `empty` is ordered newest first.
 
 use super::addrmap;
 use super::heap::{self, Heap};
 use super::list::List;
-use super::superblock::{Place, Superblock};
+use super::superblock::{Place, Superblock, GLOBAL_OWNER};
 use super::thread;
 use crate::config::{PAGE_SIZE, SEGMENT_SIZE, SUPERBLOCK_SIZE};
 use crate::os;
@@ -156,6 +156,18 @@ extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     // no longer uses it: its TLS slot is cleared, so a later malloc in this thread makes a new heap.
     unsafe { heap::abandon(h) };
 }
+
+/// Runs when the process exits (the library's `.fini_array`): prints the statistics if
+/// `RALLOCS_SHOW_STATS=1`.
+extern "C" fn at_exit() {
+    if INIT.is_completed() && crate::options::SHOW_STATS.get() != 0 {
+        super::print_stats(2);
+    }
+}
+
+#[used]
+#[link_section = ".fini_array"]
+static AT_EXIT: extern "C" fn() = at_exit;
 
 extern "C" fn fork_prepare() {
     super::large::lock_for_fork();
@@ -339,7 +351,7 @@ pub fn take(c: usize, owner: *mut Heap) -> *mut Superblock {
         }
     }
     // SAFETY: an empty superblock nobody else can reach (off every list, owner null).
-    unsafe { Superblock::init(sb, c, ptr::null_mut(), purged) };
+    unsafe { Superblock::init(sb, c, GLOBAL_OWNER, purged) };
     let _ = owner;
     sb
 }
@@ -350,7 +362,7 @@ pub fn give(sb: *mut Superblock) {
     // SAFETY: the heap handed sb over; under the lock, we are its only user.
     let r = unsafe { &mut *sb };
     // Relaxed: other threads only compare `owner` with their own heap (see heap::free).
-    r.owner.store(ptr::null_mut(), Ordering::Relaxed);
+    r.owner.store(GLOBAL_OWNER, Ordering::Relaxed);
     // Relaxed: statistics.
     STATS.global_superblocks.fetch_add(1, Ordering::Relaxed);
     // SAFETY: sb is detached; the lists are the global heap's, and we hold its lock.
@@ -413,7 +425,7 @@ pub fn check() {
             assert_eq!(r.class as usize, c);
             assert_eq!(r.place, Place::GlobalPartial);
             // Relaxed: under the lock, the owner of a global superblock is only written by us.
-            assert!(r.owner.load(Ordering::Relaxed).is_null());
+            assert_eq!(r.owner.load(Ordering::Relaxed), GLOBAL_OWNER);
         });
     }
     g.empty.check(|r| assert!(r.used == 0 && r.place == Place::GlobalEmpty && !r.purged));

@@ -21,7 +21,7 @@ use super::thread;
 use crate::config::{
     EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP, SUPERBLOCK_SIZE,
 };
-use crate::size_class::{class_size, NCLASSES};
+use crate::size_class::NCLASSES;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -346,7 +346,7 @@ pub unsafe fn alloc(h: *mut Heap, c: usize) -> *mut u8 {
             if !b.is_null() {
                 (*sb).free = (*b).next;
                 (*sb).used += 1;
-                add_usize(&(*h).in_use, class_size(c));
+                add_usize(&(*h).in_use, (*sb).block_size as usize);
                 (*h).stats.mallocs.add(1);
                 return b.cast();
             }
@@ -405,7 +405,9 @@ pub unsafe fn free(sb: *mut Superblock, p: *mut u8) {
     // SAFETY: sb is a superblock of ours (address map) and p a live block of it (caller).
     unsafe {
         // Relaxed: only this thread can make the owner equal to its own heap or change it from that.
-        if (*sb).owner.load(Ordering::Relaxed) == h && !h.is_null() {
+        // The owner is never null (GLOBAL_OWNER in the global heap), so a thread without a heap (h
+        // null) never takes the local path.
+        if (*sb).owner.load(Ordering::Relaxed) == h {
             (*b).next = (*sb).free;
             (*sb).free = b;
             (*sb).used -= 1;

@@ -10,7 +10,7 @@
 //! * `used + |free| + (capacity - bump) == capacity` counting blocks the owner knows of; blocks in
 //!   `thread_free` are still counted in `used` until the owner collects them.
 //! * every block on `free` or `thread_free` lies in `[data, data + bump * size)` on a block boundary.
-//! * `owner` is a heap (or null while the superblock sits in the global heap); only the owner touches
+//! * `owner` is a heap (or [`GLOBAL_OWNER`] in the global heap); only the owner touches
 //!   `free`, `used`, `bump` and the list links; any thread may push onto `thread_free`.
 
 use super::heap::Heap;
@@ -48,6 +48,9 @@ pub enum Place {
 
 const MAGIC: u32 = 0x5241_5342; // "RASB"
 
+/// The owner of superblocks in the global heap: an address no heap can have.
+pub const GLOBAL_OWNER: *mut Heap = 1 as *mut Heap;
+
 /// The superblock header: the owner's hot fields on the first cache line; the remote-free list and the
 /// list links (slow paths only) on the second.
 #[repr(C, align(64))]
@@ -60,6 +63,8 @@ pub struct Superblock {
     pub capacity: u32,
     /// Blocks carved from the data area so far (owner only).
     pub bump: u32,
+    /// Bytes carved so far (`bump * block_size`), for the O(1) pointer check.
+    pub carved_bytes: u32,
     /// The owner frees into its slow path when `used` drops below this (fullness-bin boundary).
     pub rebin_below: u32,
     /// Block size in bytes.
@@ -75,8 +80,9 @@ pub struct Superblock {
     pub purged: bool,
     /// `ceil(2^64 / block_size)`: `off * div_magic < div_magic` iff `off` is a multiple of the size.
     pub div_magic: u64,
-    /// Owning heap; null while in the global heap. Read by any thread, written by the owner (giving
-    /// it up) or by the global heap's lock holder (handing it out).
+    /// Owning heap; [`GLOBAL_OWNER`] while in the global heap (never null, so that a thread without a
+    /// heap never matches it). Read by any thread, written by the owner (giving it up) or by the global
+    /// heap's lock holder (handing it out).
     pub owner: AtomicPtr<Heap>,
     _pad: u64,
     /// Blocks freed by other threads, pushed with one compare-exchange each (second cache line).
@@ -121,6 +127,7 @@ impl Superblock {
                     used: 0,
                     capacity,
                     bump: 0,
+                    carved_bytes: 0,
                     rebin_below: 0,
                     block_size: size as u32,
                     class: class as u8,
@@ -141,12 +148,12 @@ impl Superblock {
     }
 
     /// True if `p` is the start of a block of this superblock that has been carved (a pointer malloc
-    /// could have returned). O(1): one multiplication.
+    /// could have returned). O(1): one multiplication. The caller has checked in the address map that
+    /// this is a superblock of ours.
     #[inline(always)]
     pub fn is_block_start(&self, p: *const u8) -> bool {
         let off = (p as usize).wrapping_sub(self.data() as usize) as u64;
-        let carved = self.bump as u64 * self.block_size as u64;
-        self.magic == MAGIC && off < carved && off.wrapping_mul(self.div_magic) < self.div_magic
+        off < self.carved_bytes as u64 && off.wrapping_mul(self.div_magic) < self.div_magic
     }
 
     /// Carves up to a batch of fresh blocks from the untouched tail onto the free list. Returns false
@@ -170,6 +177,7 @@ impl Superblock {
         }
         self.free = first.cast();
         self.bump += n;
+        self.carved_bytes = self.bump * self.block_size;
         true
     }
 
@@ -221,6 +229,7 @@ impl Superblock {
         assert_eq!(self.magic, MAGIC, "superblock magic");
         assert_eq!(self.block_size as usize, class_size(self.class as usize));
         assert!(self.bump <= self.capacity);
+        assert_eq!(self.carved_bytes, self.bump * self.block_size);
         let mut n = 0u32;
         let mut b = self.free;
         while !b.is_null() {
