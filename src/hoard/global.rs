@@ -188,19 +188,10 @@ extern "C" fn fork_child() {
         GLOBAL.unlock_forgotten();
         super::large::unlock_after_fork();
     }
-    // The other threads' heaps have no thread in the child: abandon them so their superblocks can be
-    // adopted. Single-threaded here, so walking the list needs no lock.
-    let me = thread::current();
-    let mut h = GLOBAL.lock().all_heaps;
-    while !h.is_null() {
-        // SAFETY: heaps are never freed; the child is single-threaded, so no one else uses them.
-        let (next, alive) = unsafe { ((*h).all_next, (*h).alive) };
-        if alive && h != me {
-            // SAFETY: as above: the owning thread does not exist in the child.
-            unsafe { heap::abandon(h) };
-        }
-        h = next;
-    }
+    // The heaps of the parent's other threads have no thread in the child. They are left as they are:
+    // such a thread may have been in the middle of a list operation on its own heap when the parent
+    // forked, so walking them could corrupt the child. Their memory stays reserved in the child; blocks
+    // the child frees into their superblocks go to the remote lists, as for any other owner.
 }
 
 /// The calling thread's heap, creating (or recycling) one on first use; null when out of memory.

@@ -156,6 +156,36 @@ pub fn usable(span: usize) -> usize {
     h.span_len - h.offset
 }
 
+/// Tries to resize the large block of `span` in place to hold `size` bytes: shrinking keeps the mapping
+/// (returns true if `size` fits); growing asks the kernel to extend the mapping where it lies. False
+/// when the block must move.
+pub fn resize_in_place(span: usize, size: usize) -> bool {
+    // SAFETY: span is a live large span (from span_of) owned by the caller's block.
+    let h = unsafe { &mut *header(span) };
+    if h.map_base != span {
+        return false;
+    }
+    let need = match size.checked_add(h.offset).and_then(|n| os::align_up(n, os::page_size())) {
+        Some(n) => n,
+        None => return false,
+    };
+    if need <= h.span_len {
+        return true;
+    }
+    // SAFETY: the span is one whole mapping of ours (map_base == span, map_len == span_len).
+    let ok = unsafe { os::resize_in_place(NonNull::new_unchecked(span as *mut u8), h.map_len, need) }.is_ok();
+    if ok {
+        let grown = need - h.map_len;
+        h.map_len = need;
+        h.span_len = need;
+        commit_add(grown);
+        // Relaxed: statistics.
+        global::STATS.reserved.fetch_add(grown, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(grown, Ordering::Relaxed);
+    }
+    ok
+}
+
 /// Frees the large block whose span is `span`.
 pub fn free(span: usize) {
     // SAFETY: span is a live large span (from span_of); we give it up now.

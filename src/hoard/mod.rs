@@ -142,11 +142,31 @@ pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
         free(p, func);
         return ptr::null_mut();
     }
-    let old = usable_size(p, func);
+    let owner = owner_of(p, func);
+    let old = match owner {
+        // SAFETY: sb is a superblock of ours.
+        Owner::Small(sb) => unsafe { (*sb).block_size as usize },
+        Owner::Large(span) => large::usable(span),
+    };
     if size <= old && size > old / 2 {
         return p;
     }
-    let q = malloc(size);
+    // A large block that grows: extend its mapping in place if the kernel can; if it must move, give
+    // it 50% headroom so that a loop that grows a buffer step by step copies O(n) bytes in all (the
+    // headroom is address space: pages not written stay unallocated).
+    let mut new_size = size;
+    if let Owner::Large(span) = owner {
+        if size > old {
+            if large::resize_in_place(span, size) {
+                return p;
+            }
+            new_size = size.max(old.saturating_add(old / 2));
+        }
+    }
+    let mut q = malloc(new_size);
+    if q.is_null() && new_size != size {
+        q = malloc(size);
+    }
     if q.is_null() {
         return q;
     }

@@ -204,3 +204,27 @@ fn emptiness_invariant_bounds_a_thread_heap() {
     }
     check();
 }
+
+#[test]
+fn growing_realloc_keeps_contents_and_grows_in_place_or_with_headroom() {
+    let mut p = malloc(1);
+    pattern(p, 1, 3);
+    let mut size = 1;
+    let mut moves = 0;
+    while size < (8 << 20) {
+        let next = size + 4093;
+        let q = realloc(p, next, "test");
+        assert!(!q.is_null());
+        if q != p {
+            moves += 1;
+        }
+        verify(q, size, 3);
+        pattern(q, next, 3);
+        p = q;
+        size = next;
+    }
+    // About 2,000 steps: with in-place growth or 50% headroom, the block moves O(log n) times.
+    assert!(moves < 100, "{moves} moves");
+    free(p, "test");
+    check();
+}
