@@ -183,6 +183,16 @@ c_alloc!(Rpmalloc, rpmalloc, rpfree, rprealloc, rpcalloc, |a, s| rpaligned_alloc
 // ---------------------------------------------------------------------------------------------------
 // rallocs families (their C API; the rlib provides the definitions)
 
+extern "C" {
+    fn rallocs_malloc(size: usize) -> *mut c_void;
+    fn rallocs_free(p: *mut c_void);
+    fn rallocs_realloc(p: *mut c_void, size: usize) -> *mut c_void;
+    fn rallocs_calloc(n: usize, size: usize) -> *mut c_void;
+    fn rallocs_aligned_alloc(align: usize, size: usize) -> *mut c_void;
+}
+
+c_alloc!(Rallocs, rallocs_malloc, rallocs_free, rallocs_realloc, rallocs_calloc, |a, s| rallocs_aligned_alloc(a, s));
+
 // RALLOCS-FAMILIES (adapters are added here as each family lands on main)
 
 // ---------------------------------------------------------------------------------------------------
@@ -207,6 +217,7 @@ pub const ALLOCATORS: &[(&str, Kind)] = &[
     ("jemalloc", Kind::Peer),
     ("mimalloc", Kind::Peer),
     ("rpmalloc", Kind::Peer),
+    ("rallocs", Kind::Rallocs),
     // RALLOCS-LIST
 ];
 
@@ -231,6 +242,10 @@ macro_rules! with_alloc {
             }
             "rpmalloc" => {
                 let $a: &'static Rpmalloc = &Rpmalloc;
+                $body
+            }
+            "rallocs" => {
+                let $a: &'static Rallocs = &Rallocs;
                 $body
             }
             // RALLOCS-DISPATCH

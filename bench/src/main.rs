@@ -378,6 +378,13 @@ fn progress(done: usize, total: usize, t0: Instant, a: &str, w: &str) {
     let el = t0.elapsed().as_secs_f64();
     let eta = if done > 0 { el / done as f64 * (total - done) as f64 } else { 0.0 };
     let mut e = std::io::stderr().lock();
+    if !std::io::IsTerminal::is_terminal(&e) {
+        // In a log: one line every tenth of the way.
+        if done == total || done * 10 / total.max(1) != (done + 1) * 10 / total.max(1) {
+            let _ = writeln!(e, "{done}/{total} runs, {el:.0} s");
+        }
+        return;
+    }
     let _ = write!(
         e,
         "\r[{}{}] {done}/{total} {:>4.0}s eta {:>4.0}s  {a:<9} {w:<24}",
