@@ -78,6 +78,8 @@ pub const TRACE_MAX_RECORD: usize = 1 + 5 + 4 * 10;
 pub const TRACE_MAX_THREADS: usize = 1024;
 /// Longest `RALLOCS_TRACE` path, with its NUL.
 pub const TRACE_PATH_MAX: usize = 1024;
+/// Suffixes `.1` ... `.N` tried after `<path>.<pid>` before the recorder gives up.
+pub const TRACE_NAME_TRIES: u32 = 1000;
 
 const _: () = assert!(TRACE_BUFFER_SIZE % PAGE_SIZE == 0 && TRACE_BUFFER_SIZE >= 64 * TRACE_MAX_RECORD);
 const _: () = assert!(TRACE_MAX_THREADS.is_power_of_two());

@@ -13,12 +13,13 @@
 //!   releasing it.
 //! * A process never writes into another process's file: the file is created with `O_EXCL`; when the
 //!   name is taken (a child that inherited `RALLOCS_TRACE` through `exec`) the process writes
-//!   `<name>.<pid>` instead, and a child made by `fork` drops the parent's buffered records and switches
-//!   to `<name>.<pid>` too.
+//!   `<name>.<pid>` (then `<name>.<pid>.1`, ...) instead, and a child made by `fork` drops the parent's
+//!   buffered records and switches to `<name>.<pid>` too. The header is written at once; records still
+//!   buffered when a process `exec`s or calls `_exit` are lost (no exit handler runs then).
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::config::{TRACE_BUFFER_SIZE, TRACE_MAX_RECORD, TRACE_MAX_THREADS, TRACE_PATH_MAX};
+use crate::config::{TRACE_BUFFER_SIZE, TRACE_MAX_RECORD, TRACE_MAX_THREADS, TRACE_NAME_TRIES, TRACE_PATH_MAX};
 use crate::os;
 use crate::sync::{Mutex, Once};
 
@@ -348,7 +349,7 @@ impl State {
     /// header into the buffer. Returns false if no file could be created.
     fn open(&mut self, with_pid: bool) -> bool {
         let pid = getpid();
-        let mut name = [0u8; TRACE_PATH_MAX + 12];
+        let mut name = [0u8; TRACE_PATH_MAX + 24];
         let plen = self.path.iter().position(|&b| b == 0).unwrap_or(0);
         name[..plen].copy_from_slice(&self.path[..plen]);
         let attempt = |name: &[u8]| {
@@ -362,31 +363,15 @@ impl State {
             }
         };
         let mut fd = if with_pid { -1 } else { attempt(&name[..plen + 1]) };
-        if fd < 0 {
-            // `<path>.<pid>`, replacing a stale file of an earlier process with the same pid.
-            let mut end = plen;
-            name[end] = b'.';
-            end += 1;
-            let mut digits = [0u8; 10];
-            let mut n = pid;
-            let mut d = 0;
-            loop {
-                digits[d] = b'0' + (n % 10) as u8;
-                d += 1;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-            while d > 0 {
-                d -= 1;
-                name[end] = digits[d];
-                end += 1;
-            }
-            name[end] = 0;
-            // SAFETY: NUL-terminated name; unlink does not allocate.
-            unsafe { libc::unlink(name.as_ptr().cast()) };
-            fd = attempt(&name[..end + 1]);
+        // Taken: `<path>.<pid>`, then `<path>.<pid>.1`, `.2`, ... (a process that `exec`s keeps its pid,
+        // and the program it becomes opens a new file; nothing is ever overwritten).
+        let end = put_suffix(&mut name, plen, pid);
+        let mut k = 0;
+        while fd < 0 && k <= TRACE_NAME_TRIES {
+            let e = if k == 0 { end } else { put_suffix(&mut name, end, k) };
+            name[e] = 0;
+            fd = attempt(&name[..e + 1]);
+            k += 1;
         }
         if fd < 0 {
             return false;
@@ -395,13 +380,38 @@ impl State {
         self.len = 0;
         self.enc = Encoder::default();
         self.records = 0;
+        // The header goes out at once, so that a process that `exec`s or `_exit`s before its first flush
+        // still leaves a valid (empty) trace rather than an empty file.
         let header = self.buffer();
         header[..8].copy_from_slice(&MAGIC);
         header[8..12].copy_from_slice(&VERSION.to_le_bytes());
         header[12..16].copy_from_slice(&pid.to_le_bytes());
         self.len = HEADER_LEN;
+        self.write_out();
         true
     }
+}
+
+/// Writes `.<n>` in decimal at `name[end..]`; returns the new end.
+fn put_suffix(name: &mut [u8], mut end: usize, n: u32) -> usize {
+    name[end] = b'.';
+    end += 1;
+    let mut digits = [0u8; 10];
+    let (mut n, mut d) = (n, 0);
+    loop {
+        digits[d] = b'0' + (n % 10) as u8;
+        d += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    while d > 0 {
+        d -= 1;
+        name[end] = digits[d];
+        end += 1;
+    }
+    end
 }
 
 fn getpid() -> u32 {

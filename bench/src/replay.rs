@@ -235,27 +235,15 @@ pub fn info(path: &Path) -> Result<String, String> {
         "threads {}; objects {}; cross-thread frees {}; unmatched records {}\n",
         prep.threads.len(), prep.objects, prep.cross_thread, prep.unmatched
     );
-    // Sizes, peak live, lifetimes in allocation-clock ticks (allocations made in between).
+    // Sizes, peak live, lifetimes in allocation-clock ticks (allocations made in between), from the
+    // records in file order (the global order).
     let mut hist = [0usize; 24];
-    let mut size_of: Vec<usize> = vec![0; prep.objects];
-    let mut born: Vec<u64> = vec![0; prep.objects];
     let mut life_hist = [0usize; 8];
-    let (mut live_bytes, mut peak_bytes, mut live_objs, mut peak_objs, mut clock, mut total) =
-        (0usize, 0usize, 0usize, 0usize, 0u64, 0usize);
-    let mut events: Vec<(usize, ROp)> = Vec::new();
-    for (t, s) in prep.threads.iter().enumerate() {
-        events.extend(s.iter().map(|&o| (t, o)));
-    }
-    // Streams are in global order within each thread; the global order interleaving is approximated by
-    // object numbers, which increase in file order.
-    events.sort_by_key(|(_, o)| match *o {
-        ROp::Alloc { obj, .. } => (obj as u64) * 2,
-        ROp::Realloc { new, .. } => (new as u64) * 2,
-        ROp::Free { obj } => (obj as u64) * 2 + 1,
-    });
-    let free_at = |obj: u32, clock: u64, born: &[u64], life_hist: &mut [usize; 8]| {
-        let l = clock - born[obj as usize];
-        let b = match l {
+    let mut live: HashMap<usize, (usize, u64)> = HashMap::new(); // address -> (size, birth)
+    let (mut live_bytes, mut peak_bytes, mut peak_objs, mut clock, mut total) = (0usize, 0usize, 0usize, 0u64, 0usize);
+    let bucket = |s: usize| (usize::BITS - s.leading_zeros()).min(23) as usize;
+    let died = |born: u64, clock: u64, life_hist: &mut [usize; 8]| {
+        let b = match clock - born {
             0..=1 => 0,
             2..=10 => 1,
             11..=100 => 2,
@@ -267,36 +255,31 @@ pub fn info(path: &Path) -> Result<String, String> {
         };
         life_hist[b] += 1;
     };
-    let bucket = |s: usize| (usize::BITS - s.max(1).leading_zeros()).min(23) as usize;
-    for (_, op) in &events {
-        match *op {
-            ROp::Alloc { obj, size, .. } => {
-                clock += 1;
-                born[obj as usize] = clock;
-                size_of[obj as usize] = size;
-                hist[bucket(size)] += 1;
-                live_bytes += size;
-                live_objs += 1;
-                total += size;
-            }
-            ROp::Free { obj } => {
-                free_at(obj, clock, &born, &mut life_hist);
-                live_bytes -= size_of[obj as usize];
-                live_objs -= 1;
-            }
-            ROp::Realloc { old, new, size } => {
-                clock += 1;
-                free_at(old, clock, &born, &mut life_hist);
-                born[new as usize] = clock;
-                size_of[new as usize] = size;
-                hist[bucket(size)] += 1;
-                live_bytes = live_bytes - size_of[old as usize] + size;
-                total += size;
+    for r in &recs {
+        let freed = match r.op {
+            Op::Free => r.old,
+            Op::Realloc if r.result != 0 || r.size == 0 => r.old,
+            _ => 0,
+        };
+        if freed != 0 {
+            if let Some((size, born)) = live.remove(&freed) {
+                live_bytes -= size;
+                died(born, clock, &mut life_hist);
             }
         }
+        if r.op != Op::Free && r.result != 0 {
+            clock += 1;
+            hist[bucket(r.size)] += 1;
+            total += r.size;
+            if let Some((size, _)) = live.insert(r.result, (r.size, clock)) {
+                live_bytes -= size;
+            }
+            live_bytes += r.size;
+        }
         peak_bytes = peak_bytes.max(live_bytes);
-        peak_objs = peak_objs.max(live_objs);
+        peak_objs = peak_objs.max(live.len());
     }
+    let live_objs = live.len();
     out += &format!(
         "bytes requested {}; peak live {} in {} objects; live at end {} in {} objects\n",
         human(total as f64), human(peak_bytes as f64), peak_objs, human(live_bytes as f64), live_objs
