@@ -427,3 +427,51 @@ fn record_cost() {
     println!("tracing off: {off_ns:.2} ns per check (one relaxed load)");
     println!("tracing on:  {on_ns:.1} ns per record, {:.2} bytes per record ({written} records, writes included)", size as f64 / written.max(1) as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_malloc_style_allocator_runs_every_builtin_workload_and_only_those_wrap_into_handles() {
+        let ws = workloads::builtin();
+        let rm = rm::workloads();
+        for (a, k) in alloc::ALLOCATORS {
+            for w in &ws {
+                let expect = match k {
+                    alloc::Kind::Handles => false,
+                    alloc::Kind::RallocsLocal => w.needs != Needs::CrossThread,
+                    _ => true,
+                };
+                assert_eq!(eligible(a, w), expect, "{a} {}", w.name);
+            }
+            for w in &rm {
+                let expect = *k == alloc::Kind::Peer || *a == "rallocs" || *k == alloc::Kind::Handles;
+                assert_eq!(eligible(a, w), expect, "{a} {}", w.name);
+            }
+        }
+        assert!(!eligible("no-such-allocator", &ws[0]));
+    }
+
+    #[test]
+    fn options_parse_and_bad_ones_are_refused() {
+        let args: Vec<String> = ["--alloc", "glibc,rallocs", "--runs", "5", "--threads", "2,8", "x.rtrace"].iter().map(|s| s.to_string()).collect();
+        let o = parse(&args).unwrap();
+        assert_eq!(o.allocs.unwrap(), ["glibc", "rallocs"]);
+        assert_eq!((o.runs, o.threads.unwrap()), (5, vec![2, 8]));
+        assert_eq!(o.files, [PathBuf::from("x.rtrace")]);
+        assert!(parse(&["--runs".into(), "0".into()]).is_err());
+        assert!(parse(&["--bogus".into()]).is_err());
+        assert!(parse(&["--runs".into()]).is_err());
+        assert_eq!(parse(&["--smoke".into(), "--runs".into(), "4".into()]).unwrap().runs, 1);
+    }
+
+    #[test]
+    fn workload_names_are_unique() {
+        let mut names: Vec<String> = workloads::builtin().into_iter().chain(rm::workloads()).map(|w| w.name).collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+    }
+}

@@ -147,3 +147,30 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_survives_its_line() {
+        let s = Sample { time_ns: 12, ops: 34, peak_kib: 56, minflt: 78, extra: vec![("budget".into(), 1.5)] };
+        let back = Sample::from_line(&s.to_line()).unwrap();
+        assert_eq!((back.time_ns, back.ops, back.peak_kib, back.minflt), (12, 34, 56, 78));
+        assert_eq!(back.get("budget"), Some(1.5));
+        assert!(Sample::from_line("RESULT time_ns=x").is_none());
+        assert!(Sample::from_line("something else").is_none());
+    }
+
+    #[test]
+    fn the_meter_sees_memory_touched_in_the_timed_section() {
+        let mut m = Meter::default();
+        m.begin();
+        m.start();
+        let v = vec![1u8; 64 << 20];
+        std::hint::black_box(&v);
+        m.stop(1);
+        assert!(m.sample.peak_kib >= 60 << 10, "peak {} KiB", m.sample.peak_kib);
+        assert!(m.sample.minflt > 1000);
+    }
+}

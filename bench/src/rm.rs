@@ -96,7 +96,7 @@ pub fn workloads() -> Vec<crate::workloads::Workload> {
             trace: None,
             desc: "200 pages opened, each a burst of 2,000 objects (99% 32-256 B, 1% 4-64 KiB images), 1,000 \
                    lock+unlock accesses per page; at most 8 pages open (the oldest is closed: all its objects \
-                   freed), 5% of objects survive in a cache of at most 5,000; then 1,000,000 lock+unlock pairs"
+                   freed), 5% of objects survive in a cache of at most 5,000, every 20th object of a page grows to twice its size (rmrealloc); then 1,000,000 lock+unlock pairs"
                 .into(),
         },
     ]
@@ -204,6 +204,18 @@ unsafe fn run_once<R: Handles>(r: &R, name: &str, scale: f64, lock_ns: Option<&m
                     } else {
                         objs.push((h, s));
                     }
+                }
+                // Layout: every 20th object of the page grows to twice its size (rmrealloc).
+                for k in (0..objs.len()).step_by(20) {
+                    let (mut h, s) = objs[k];
+                    r.realloc(&mut h, 2 * s)?;
+                    let p = r.lock(h);
+                    std::ptr::write_volatile(p.add(2 * s - 1), 9);
+                    r.unlock(h);
+                    objs[k] = (h, 2 * s);
+                    live.bytes += s;
+                    live.peak = live.peak.max(live.bytes);
+                    ops += 1;
                 }
                 // Render: touch random objects of the open pages.
                 for _ in 0..1000 {
