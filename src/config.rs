@@ -65,3 +65,20 @@ const _: () = assert!(SEGMENT_SIZE % SUPERBLOCK_SIZE == 0 && SEGMENT_SIZE / SUPE
 const _: () = assert!(MAX_SMALL_SIZE <= SUPERBLOCK_SIZE / 2);
 const _: () = assert!(LARGE_HEADER % MIN_ALIGN == 0 && LARGE_HEADER < PAGE_SIZE);
 const _: () = assert!(SUPERBLOCK_HEADER % MAX_SMALL_ALIGN == 0);
+
+// ---------------------------------------------------------------------------------------------------
+// Trace recorder (src/trace.rs)
+// ---------------------------------------------------------------------------------------------------
+
+/// Bytes of the recorder's buffer (one mapping); it is written out with one `write(2)` when full.
+pub const TRACE_BUFFER_SIZE: usize = 1 << 20;
+/// Longest encoded record: tag, thread varint (5), two address varints (10 each), size and alignment
+/// varints (10 each).
+pub const TRACE_MAX_RECORD: usize = 1 + 5 + 4 * 10;
+/// Threads the recorder tells apart (a power of two); later threads share one id.
+pub const TRACE_MAX_THREADS: usize = 1024;
+/// Longest `RALLOCS_TRACE` path, with its NUL.
+pub const TRACE_PATH_MAX: usize = 1024;
+
+const _: () = assert!(TRACE_BUFFER_SIZE % PAGE_SIZE == 0 && TRACE_BUFFER_SIZE >= 64 * TRACE_MAX_RECORD);
+const _: () = assert!(TRACE_MAX_THREADS.is_power_of_two());
