@@ -122,6 +122,7 @@ pub fn ensure_init() {
 
 fn init() {
     crate::options::load();
+    crate::trace::init_from_env();
     if os::page_size() > PAGE_SIZE {
         crate::diag::fatal(format_args!("malloc: page size {} is not supported", os::page_size()));
     }
@@ -151,6 +152,9 @@ extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     }
     if thread::current() == h {
         thread::set_current(ptr::null_mut());
+    }
+    if thread::traced() == h {
+        thread::set_traced(ptr::null_mut());
     }
     // SAFETY: h was this thread's heap (set with pthread_setspecific when it was created); the thread
     // no longer uses it: its TLS slot is cleared, so a later malloc in this thread makes a new heap.
@@ -226,8 +230,13 @@ pub fn heap_for_thread() -> *mut Heap {
         h
     };
     // Set the TLS slot before the key: pthread_setspecific may call calloc for keys past the first 32,
-    // and that call must find this heap instead of recursing here.
-    thread::set_current(h);
+    // and that call must find this heap instead of recursing here. While tracing, the heap goes in the
+    // second slot so that every call takes a slow path, where it is recorded.
+    if crate::trace::enabled() {
+        thread::set_traced(h);
+    } else {
+        thread::set_current(h);
+    }
     // SAFETY: the key was created in init.
     unsafe { libc::pthread_setspecific(thread_key(), h.cast()) };
     h
