@@ -334,6 +334,9 @@ pub fn take(c: usize, owner: *mut Heap) -> *mut Superblock {
     }
     let mut purged = false;
     let mut sb = g.empty.pop_front();
+    if sb.is_null() && g.purged.is_empty() && sweep(&mut g) != 0 {
+        sb = g.empty.pop_front();
+    }
     if sb.is_null() {
         sb = g.purged.pop_front();
         purged = !sb.is_null();
@@ -350,8 +353,9 @@ pub fn take(c: usize, owner: *mut Heap) -> *mut Superblock {
             return sb;
         }
     }
-    // SAFETY: an empty superblock nobody else can reach (off every list, owner null).
-    unsafe { Superblock::init(sb, c, GLOBAL_OWNER, purged) };
+    // SAFETY: an empty superblock nobody else can reach (off every list). Its pages are committed
+    // again (a purged one was counted back above).
+    unsafe { Superblock::init(sb, c, GLOBAL_OWNER, false) };
     let _ = owner;
     sb
 }
@@ -379,10 +383,40 @@ pub fn give(sb: *mut Superblock) {
     purge(&mut g, false);
 }
 
-/// Gives the pages of every empty superblock in the global heap back to the OS now. Returns the bytes
-/// released.
+/// Collects the remote frees of every partial superblock in the global heap (the lock holder is their
+/// owner) and moves those that became empty to the empty list, where any class can reuse them and the
+/// purge gives their pages back. Blocks that a thread left live when it exited and that other threads
+/// freed later come back this way. Returns how many superblocks became empty.
+fn sweep(g: &mut Global) -> usize {
+    let now = now_ms();
+    let mut emptied = 0;
+    for c in 0..NCLASSES {
+        let mut sb = g.partial[c].head;
+        while !sb.is_null() {
+            // SAFETY: nodes of the global lists are superblocks the global heap owns; we hold its lock.
+            let r = unsafe { &mut *sb };
+            let next = r.next;
+            r.collect_remote();
+            if r.used == 0 {
+                // SAFETY: sb is on partial[c].
+                unsafe { g.partial[c].remove(sb) };
+                r.place = Place::GlobalEmpty;
+                r.empty_since_ms = now;
+                // SAFETY: sb is detached.
+                unsafe { g.empty.push_front(sb) };
+                emptied += 1;
+            }
+            sb = next;
+        }
+    }
+    emptied
+}
+
+/// Gives the pages of every empty superblock in the global heap back to the OS now (after collecting
+/// remote frees into the global heap's superblocks). Returns the bytes released.
 pub fn trim() -> usize {
     let mut g = GLOBAL.lock();
+    sweep(&mut g);
     purge(&mut g, true)
 }
 

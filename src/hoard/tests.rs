@@ -236,3 +236,18 @@ fn growing_realloc_keeps_contents_and_grows_in_place_or_with_headroom() {
     free(p, "test", false);
     check();
 }
+
+#[test]
+fn blocks_of_an_exited_thread_freed_elsewhere_come_back() {
+    // A thread allocates and exits with its blocks live; this thread frees them (remote frees into
+    // superblocks now in the global heap). A sweep must find those superblocks empty again.
+    let v: Vec<usize> = std::thread::spawn(|| (0..20_000).map(|_| malloc(4000, false) as usize).collect())
+        .join()
+        .unwrap();
+    for p in v {
+        free(p as *mut u8, "test", false);
+    }
+    // trim sweeps the global heap: the superblocks become empty and their pages go back.
+    assert!(trim(), "trim released nothing");
+    global::check();
+}
