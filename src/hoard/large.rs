@@ -177,13 +177,16 @@ pub fn resize_in_place(span: usize, size: usize) -> bool {
     if h.map_base != span {
         return false;
     }
-    let need = match size.checked_add(h.offset).and_then(|n| os::align_up(n, os::page_size())) {
+    let page = os::page_size();
+    let need = match size.checked_add(h.offset).and_then(|n| os::align_up(n, page)) {
         Some(n) => n,
         None => return false,
     };
     if need <= h.span_len {
         return true;
     }
+    // Grow to the next span class, so that a block growing step by step asks the kernel O(log n) times.
+    let need = span_class(need, page).unwrap_or(need);
     // SAFETY: the span is one whole mapping of ours (map_base == span, map_len == span_len).
     let ok = unsafe { os::resize_in_place(NonNull::new_unchecked(span as *mut u8), h.map_len, need) }.is_ok();
     if ok {
