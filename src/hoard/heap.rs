@@ -10,7 +10,10 @@
 //! K = 4 ([`EMPTY_FRACTION_INV`], [`EMPTY_SLACK_SUPERBLOCKS`]), a heap holds at most
 //! `max(u + K*S, u / (1 - f))` bytes, so the whole process holds O(live bytes + threads * K * S),
 //! whatever the producer/consumer pattern. Blocks freed by other threads still count in `u` until the
-//! owner collects them; the owner collects on its slow path before taking a new superblock.
+//! owner collects them; the owner collects on its slow path before taking a new superblock. Current
+//! superblocks (at most one per class) are never moved: when only they are left, the check is disarmed
+//! until a superblock enters a partial bin or the empty list, so frees do not keep taking the slow
+//! path. A heap may therefore hold up to NCLASSES current superblocks beyond the bound.
 //!
 //! Fast paths ([`alloc`], [`free_local`]) and their slow paths sit side by side below.
 
@@ -131,6 +134,7 @@ impl Heap {
         r.rebin_below = ((bin * r.capacity as usize / FULLNESS_BINS) as u32).max(1);
         // SAFETY: sb is detached and ours.
         unsafe { self.partial[r.class as usize][bin].push_front(sb) };
+        self.recompute_threshold();
     }
 
     fn put_full(&mut self, sb: *mut Superblock) {
@@ -150,6 +154,7 @@ impl Heap {
         r.rebin_below = 0;
         // SAFETY: sb is detached and ours.
         unsafe { self.empty.push_front(sb) };
+        self.recompute_threshold();
     }
 
     fn detach(&mut self, sb: *mut Superblock) {
@@ -223,6 +228,9 @@ impl Heap {
                 }
             }
             if victim.is_null() {
+                // Nothing can go (only current superblocks remain): stop checking on every free until
+                // a superblock enters a partial bin or the empty list again (which re-arms the check).
+                self.release_below = 0;
                 return;
             }
             // SAFETY: victim was just taken off one of our lists.

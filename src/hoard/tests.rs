@@ -251,3 +251,27 @@ fn blocks_of_an_exited_thread_freed_elsewhere_come_back() {
     assert!(trim(), "trim released nothing");
     global::check();
 }
+
+#[test]
+fn frees_do_not_stay_on_the_slow_path_when_nothing_can_be_released() {
+    // Many classes with one nearly empty current superblock each: the invariant cannot be restored
+    // (current superblocks stay), so the check must disarm instead of running on every free.
+    let sizes: Vec<usize> = (0..NCLASSES_FOR_TEST).map(|c| crate::size_class::class_size(c)).collect();
+    let keep: Vec<usize> = sizes.iter().map(|&s| malloc(s, false) as usize).collect();
+    let h = thread::current();
+    for _ in 0..1000 {
+        for &s in &sizes {
+            let p = malloc(s, false);
+            free(p, "test", false);
+        }
+    }
+    // SAFETY: our own heap.
+    let (u, below) = unsafe { ((*h).in_use.load(Ordering::Relaxed), (*h).release_below) };
+    assert!(u >= below, "free path still armed: u = {u}, release_below = {below}");
+    for p in keep {
+        free(p as *mut u8, "test", false);
+    }
+    check();
+}
+
+const NCLASSES_FOR_TEST: usize = crate::size_class::NCLASSES;
