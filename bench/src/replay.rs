@@ -362,6 +362,9 @@ mod tests {
         let mut n = 0;
         for e in std::fs::read_dir(dir).unwrap() {
             let path = e.unwrap().path();
+            if !path.to_string_lossy().contains(".rtrace") {
+                continue;
+            }
             let data = load(&path).unwrap();
             let recs = records(&data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(recs.len() > 1000, "{} is too small to be a real trace", path.display());
