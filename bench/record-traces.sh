@@ -5,14 +5,14 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 lib=$root/build/librallocs.so
-out=$root/bench/traces
+out=${TRACE_OUT:-$root/bench/traces}   # where the .rtrace.gz files go
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 reg=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/ | head -n 1)
 rp=$(ls -d "$reg"rpmalloc-sys-0.2.3*/rpmalloc/rpmalloc | head -n 1)
 je=$(ls -d "$reg"tikv-jemalloc-sys-0.6.1*/jemalloc | head -n 1)
 
-RALLOCS_TRACE=$work/py PYTHONMALLOC=malloc LD_PRELOAD=$lib /usr/bin/python3 "$out/py-workload.py" >/dev/null
+RALLOCS_TRACE=$work/py PYTHONMALLOC=malloc LD_PRELOAD=$lib /usr/bin/python3 "$root/bench/traces/py-workload.py" >/dev/null
 gzip -9c "$work/py" > "$out/python3-json.rtrace.gz"
 
 RALLOCS_TRACE=$work/gcc LD_PRELOAD=$lib gcc -O2 -c "$rp/rpmalloc.c" -o "$work/x.o"
