@@ -27,7 +27,7 @@ options:
   --alloc A,B        allocators (default: all)
   --workload W,V     workloads, by name or name prefix (e.g. pairs, larson-t8, trace)
   --threads 1,2,8    only threaded workloads with these thread counts (single-thread ones always run)
-  --runs N           runs per (allocator, workload); the median is reported (default 3)
+  --runs N           runs per (allocator, workload); the median is reported (default 5)
   --smoke            tiny sizes, 1 run: checks that everything runs (make test)
   --traces DIR       directory of traces to replay (default: bench/traces)
   --out DIR          report directory (default: target/bench-report)
@@ -59,7 +59,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         allocs: None,
         workloads: None,
         threads: None,
-        runs: 3,
+        runs: 5,
         smoke: false,
         traces: repo_root().join("bench/traces"),
         out: repo_root().join("target/bench-report"),
@@ -292,6 +292,13 @@ fn machine() -> String {
 
 extern "C" {
     fn gnu_get_libc_version() -> *const libc::c_char;
+    fn mi_version() -> libc::c_int;
+}
+
+fn mimalloc_version() -> String {
+    // SAFETY: mi_version has no preconditions.
+    let v = unsafe { mi_version() };
+    format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
 }
 
 fn now_utc() -> String {
@@ -352,11 +359,12 @@ fn suite(opts: &Opts, all: Vec<Workload>) {
     let table = results.table();
     println!("{table}");
     let header = format!(
-        "# rallocs benchmark report\n\n- date: {}\n- machine: {}\n- command: `rallocs-bench {}`\n- runs per cell: {} (median shown, min-max in parentheses); every run in its own process\n- peers: glibc (dlsym on libc.so.6), jemalloc 5.3 (tikv-jemalloc-sys, `_rjem_` prefix), mimalloc (libmimalloc-sys), rpmalloc (rpmalloc-sys)\n- peak RSS: the kernel's peak resident set (VmHWM, reset when the workload starts, before its set-up) minus the resident set at that point: the workload's live objects, the allocator's overheads and the harness's own arrays (the same for every allocator); rmalloc's memory figure is instead the smallest budget in which it completes; faults: minor page faults in the timed section\n- time x glibc / x best peer: median time divided by glibc's / by the fastest of glibc, jemalloc, mimalloc, rpmalloc (below 1 is faster)\n",
+        "# rallocs benchmark report\n\n- date: {}\n- machine: {}\n- command: `rallocs-bench {}`\n- runs per cell: {} (median shown, min-max in parentheses); every run in its own process\n- peers: glibc (dlsym on libc.so.6), jemalloc 5.3 (tikv-jemalloc-sys, `_rjem_` prefix), mimalloc {} (libmimalloc-sys), rpmalloc 1.4 (rpmalloc-sys 0.2.3)\n- peak RSS: the kernel's peak resident set (VmHWM, reset when the workload starts, before its set-up) minus the resident set at that point: the workload's live objects, the allocator's overheads and the harness's own arrays (the same for every allocator); rmalloc's memory figure is instead the smallest budget in which it completes; faults: minor page faults in the timed section\n- time x glibc / x best peer: median time divided by glibc's / by the fastest of glibc, jemalloc, mimalloc, rpmalloc (below 1 is faster)\n",
         now_utc(),
         machine(),
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
-        opts.runs
+        opts.runs,
+        mimalloc_version()
     );
     match results.write(&opts.out, &header) {
         Ok(()) => eprintln!("report: {}/report.md (results.csv, time.svg, memory.svg)", opts.out.display()),

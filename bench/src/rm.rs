@@ -119,7 +119,12 @@ impl<H: Copy> Live<H> {
 unsafe fn new_block<R: Handles>(r: &R, size: usize, tag: u8) -> Result<R::H, Oom> {
     let h = r.alloc(size)?;
     let p = r.lock(h);
-    std::ptr::write_volatile(p, tag);
+    // Write every page of the block, as a program filling it would (so peak RSS counts it whole).
+    let mut off = 0;
+    while off < size {
+        std::ptr::write_volatile(p.add(off), tag);
+        off += 4096;
+    }
     std::ptr::write_volatile(p.add(size - 1), tag);
     r.unlock(h);
     Ok(h)
