@@ -249,8 +249,13 @@ macro_rules! with_handles {
     }};
 }
 
-fn run_child(exe: &Path, a: &str, w: &Workload, scale: f64, timeout: u64) -> Result<Sample, String> {
+fn run_child(exe: &Path, a: &str, w: &Workload, scale: f64, timeout: u64, first: bool) -> Result<Sample, String> {
     let mut cmd = Command::new(exe);
+    if first {
+        cmd.env("RALLOCS_BENCH_BUDGET", "1");
+    } else {
+        cmd.env_remove("RALLOCS_BENCH_BUDGET");
+    }
     cmd.arg("__child").arg(a).arg(&w.name).arg(scale.to_string());
     if let Some(t) = &w.trace {
         cmd.arg(t);
@@ -342,11 +347,11 @@ fn suite(opts: &Opts, all: Vec<Workload>) {
     let t0 = Instant::now();
     let mut done = 0;
     // Run r of every cell before run r+1 of any, so that slow drifts of the machine spread over all.
-    for _run in 0..opts.runs {
+    for run in 0..opts.runs {
         for c in cells.iter_mut() {
             let w = &workloads[c.workload];
             progress(done, total, t0, &c.alloc, &w.name);
-            match run_child(&exe, &c.alloc, w, scale, opts.timeout) {
+            match run_child(&exe, &c.alloc, w, scale, opts.timeout, run == 0) {
                 Ok(s) => c.samples.push(s),
                 Err(e) => c.error = Some(e),
             }

@@ -58,7 +58,15 @@ impl Cell {
         let ms = (median(t.clone()), t.iter().cloned().fold(f64::INFINITY, f64::min), t.iter().cloned().fold(0.0, f64::max));
         let ops = median(self.samples.iter().map(|s| s.ops as f64).collect());
         let mut extra = Vec::new();
-        for (k, _) in &self.samples[0].extra {
+        let mut keys: Vec<&String> = Vec::new();
+        for s in &self.samples {
+            for (k, _) in &s.extra {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+        for k in keys {
             extra.push((k.clone(), median(self.samples.iter().filter_map(|s| s.get(k)).collect())));
         }
         Some(Summary {
