@@ -144,6 +144,9 @@ unsafe fn run_once<R: Handles>(r: &R, name: &str, scale: f64, lock_ns: Option<&m
     let mut live = Live { handles: Vec::new(), bytes: 0, peak: 0 };
     let mut ops = 0u64;
     let mut extra: Vec<R::H> = Vec::new();
+    // Handles of the browser workload: open pages and the cache (freed on the way out either way).
+    let mut pages: VecDeque<Vec<(R::H, usize)>> = VecDeque::new();
+    let mut cache: VecDeque<(R::H, usize)> = VecDeque::new();
     let result = (|| -> Result<(), Oom> {
         if name == "rm-fragment" {
             let n = ((100_000.0 * scale) as usize).max(100);
@@ -188,10 +191,9 @@ unsafe fn run_once<R: Handles>(r: &R, name: &str, scale: f64, lock_ns: Option<&m
         } else {
             let pages_total = ((200.0 * scale) as usize).max(10);
             let per_page = ((2000.0 * scale.sqrt()) as usize).max(50);
-            let mut pages: VecDeque<Vec<(R::H, usize)>> = VecDeque::new();
-            let mut cache: VecDeque<(R::H, usize)> = VecDeque::new();
             for page in 0..pages_total {
-                let mut objs = Vec::with_capacity(per_page);
+                pages.push_back(Vec::with_capacity(per_page));
+                let objs = pages.back_mut().unwrap();
                 for _ in 0..per_page {
                     let s = if rng.below(100) == 0 { rng.range(4 << 10, 64 << 10) } else { rng.range(32, 256) };
                     let h = new_block(r, s, page as u8)?;
@@ -229,7 +231,6 @@ unsafe fn run_once<R: Handles>(r: &R, name: &str, scale: f64, lock_ns: Option<&m
                     std::ptr::write_volatile(p, 7);
                     r.unlock(h);
                 }
-                pages.push_back(objs);
                 if pages.len() > 8 {
                     for (h, s) in pages.pop_front().unwrap() {
                         r.free(h);
@@ -238,13 +239,17 @@ unsafe fn run_once<R: Handles>(r: &R, name: &str, scale: f64, lock_ns: Option<&m
                     }
                 }
             }
-            for objs in pages {
+            for objs in pages.drain(..) {
                 live.handles.extend(objs);
             }
-            live.handles.extend(cache);
+            live.handles.extend(cache.drain(..));
         }
         Ok(())
     })();
+    for objs in pages {
+        live.handles.extend(objs);
+    }
+    live.handles.extend(cache);
     if result.is_err() {
         free_all(r, extra);
         free_all(r, live.handles.iter().map(|&(h, _)| h));
