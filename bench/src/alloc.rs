@@ -206,6 +206,9 @@ pub enum Kind {
     Rallocs,
     /// A rallocs family whose blocks must be freed by the thread that allocated them.
     RallocsLocal,
+    /// A stack-like allocator (bimp): the single-thread workloads and the traces; its footprint grows
+    /// without bound under the threaded classics' non-stack lifetimes (gigabytes, tens of seconds).
+    Stack,
     /// rmalloc itself: only the handle workloads.
     Handles,
 }

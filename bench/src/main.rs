@@ -146,6 +146,7 @@ fn eligible(a: &str, w: &Workload) -> bool {
         (Kind::Handles, n) => n == Needs::Handles,
         (_, Needs::Handles) => k == Kind::Peer || a == "rallocs",
         (Kind::RallocsLocal, Needs::CrossThread) => false,
+        (Kind::Stack, _) => w.group != "threads",
         _ => true,
     }
 }
@@ -454,6 +455,7 @@ mod tests {
                 let expect = match k {
                     alloc::Kind::Handles => false,
                     alloc::Kind::RallocsLocal => w.needs != Needs::CrossThread,
+                    alloc::Kind::Stack => w.threads == 1 && !w.name.contains("-t"),
                     _ => true,
                 };
                 assert_eq!(eligible(a, w), expect, "{a} {}", w.name);

@@ -106,7 +106,12 @@ impl Meter {
 
     /// Stops the clock; `ops` is the number of operations done.
     pub fn stop(&mut self, ops: u64) {
-        let t = self.t0.take().expect("Meter::stop without start").elapsed();
+        self.stop_at(ops, Instant::now());
+    }
+
+    /// Stops the clock as of `end` (an instant taken by a worker thread).
+    pub fn stop_at(&mut self, ops: u64, end: Instant) {
+        let t = end.duration_since(self.t0.take().expect("Meter::stop without start"));
         self.sample.time_ns = t.as_nanos() as u64;
         self.sample.ops = ops;
         self.sample.minflt = minflt() - self.flt0;

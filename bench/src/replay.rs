@@ -56,6 +56,9 @@ pub struct Prepared {
     pub threads: Vec<Vec<ROp>>,
     /// Objects in all.
     pub objects: usize,
+    /// The stream that allocates each object (frees of objects still live at the end run there, since
+    /// some allocators, such as regions, want blocks back on the thread that allocated them).
+    pub owner: Vec<u32>,
     /// Frees or reallocs of objects another thread allocated.
     pub cross_thread: usize,
     /// Records that could not be matched (frees of blocks allocated before tracing started, an
@@ -69,6 +72,7 @@ pub fn prepare(recs: &[Record]) -> Prepared {
     let mut tid: HashMap<u32, usize> = HashMap::new();
     let mut threads: Vec<Vec<ROp>> = Vec::new();
     let (mut objects, mut cross, mut unmatched) = (0u32, 0, 0);
+    let mut owner: Vec<u32> = Vec::new();
     for r in recs {
         let t = *tid.entry(r.thread).or_insert_with(|| {
             threads.push(Vec::new());
@@ -77,6 +81,7 @@ pub fn prepare(recs: &[Record]) -> Prepared {
         let mut new_obj = |addr: usize, live: &mut HashMap<usize, (u32, u32)>, unmatched: &mut usize| {
             let o = objects;
             objects += 1;
+            owner.push(t as u32);
             if live.insert(addr, (o, t as u32)).is_some() {
                 *unmatched += 1;
             }
@@ -127,7 +132,7 @@ pub fn prepare(recs: &[Record]) -> Prepared {
             }
         }
     }
-    Prepared { threads, objects: objects as usize, cross_thread: cross, unmatched }
+    Prepared { threads, objects: objects as usize, owner, cross_thread: cross, unmatched }
 }
 
 #[inline(always)]
@@ -148,10 +153,11 @@ pub fn replay<A: Alloc>(a: &'static A, prep: &Prepared, m: &mut Meter) {
     let freed: Vec<AtomicUsize> = (0..prep.objects).map(|_| AtomicUsize::new(0)).collect();
     let ops: usize = prep.threads.iter().map(Vec::len).sum();
     let barrier = std::sync::Barrier::new(prep.threads.len());
+    let end = std::sync::Mutex::new(None);
     m.start();
     std::thread::scope(|s| {
-        for stream in &prep.threads {
-            let (slots, freed, barrier) = (&slots, &freed, &barrier);
+        for (me, stream) in prep.threads.iter().enumerate() {
+            let (slots, freed, barrier, end) = (&slots, &freed, &barrier, &end);
             s.spawn(move || unsafe {
                 a.thread_start();
                 barrier.wait();
@@ -191,18 +197,23 @@ pub fn replay<A: Alloc>(a: &'static A, prep: &Prepared, m: &mut Meter) {
                         }
                     }
                 }
+                // The clock stops when every stream is done; then each thread frees the objects it
+                // allocated that are still live (untimed), before its allocator's thread end.
+                if barrier.wait().is_leader() {
+                    *end.lock().unwrap() = Some(std::time::Instant::now());
+                }
+                for (obj, (s, f)) in slots.iter().zip(freed).enumerate() {
+                    // Relaxed: the barrier ordered every thread's stores before these loads.
+                    let p = s.load(Ordering::Relaxed);
+                    if prep.owner[obj] as usize == me && p > 1 && f.load(Ordering::Relaxed) == 0 {
+                        a.free(p as *mut u8);
+                    }
+                }
                 a.thread_end();
             });
         }
     });
-    m.stop(ops as u64);
-    for (s, f) in slots.iter().zip(&freed) {
-        let p = s.load(Ordering::Relaxed);
-        if p > 1 && f.load(Ordering::Relaxed) == 0 {
-            // SAFETY: a live block of this allocator, allocated by the replay and not freed.
-            unsafe { a.free(p as *mut u8) };
-        }
-    }
+    m.stop_at(ops as u64, end.into_inner().unwrap().expect("replay end time"));
 }
 
 fn human(b: f64) -> String {
