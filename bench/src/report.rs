@@ -177,6 +177,46 @@ impl Results<'_> {
         out
     }
 
+    /// Where each rallocs allocator wins and loses: geometric means of its time ratios, and its best
+    /// and worst workloads against the best peer.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for a in &self.allocs {
+            if alloc::is_peer(a) {
+                continue;
+            }
+            let mut v: Vec<(String, f64, f64, Option<f64>)> = Vec::new();
+            for (wi, w) in self.workloads.iter().enumerate() {
+                if let Some(r) = self.rows(wi).into_iter().find(|r| &r.alloc == a) {
+                    if let (Some(g), Some(b)) = (r.x_glibc, r.x_best) {
+                        v.push((w.name.clone(), g, b, r.mem_x_glibc));
+                    }
+                }
+            }
+            if v.is_empty() {
+                continue;
+            }
+            let gm = |f: &dyn Fn(&(String, f64, f64, Option<f64>)) -> f64| {
+                (v.iter().map(|x| f(x).ln()).sum::<f64>() / v.len() as f64).exp()
+            };
+            let faster = v.iter().filter(|x| x.2 < 1.0).count();
+            let _ = writeln!(
+                out,
+                "- **{a}** ({} workloads): time {:.2}x glibc and {:.2}x the best peer (geometric means); faster than every peer in {faster}.",
+                v.len(),
+                gm(&|x| x.1),
+                gm(&|x| x.2)
+            );
+            v.sort_by(|x, y| x.2.partial_cmp(&y.2).unwrap());
+            let list = |xs: &[(String, f64, f64, Option<f64>)]| {
+                xs.iter().map(|x| format!("{} {:.2}x", x.0, x.2)).collect::<Vec<_>>().join(", ")
+            };
+            let n = v.len().min(4);
+            let _ = writeln!(out, "  best vs best peer: {}; worst: {}.", list(&v[..n]), list(&v[v.len() - n..]));
+        }
+        out
+    }
+
     /// Raw samples, one line per run.
     pub fn csv(&self) -> String {
         let mut out = String::from("allocator,workload,group,threads,run,time_ns,ops,peak_kib,minflt,lock_ns,live_peak,budget\n");
@@ -269,6 +309,8 @@ impl Results<'_> {
         md.push_str(header);
         md.push_str("\n## Results\n");
         md.push_str(&self.table());
+        md.push_str("\n## Summary\n\n");
+        md.push_str(&self.summary());
         md.push_str("\n![time](time.svg)\n\n![memory](memory.svg)\n\n## Workloads\n\n| workload | threads | parameters |\n|---|---|---|\n");
         for w in self.workloads {
             let _ = writeln!(md, "| {} | {} | {} |", w.name, w.threads, w.desc);
