@@ -26,7 +26,8 @@ fn or_enomem(p: *mut u8) -> *mut c_void {
 
 #[inline(always)]
 fn malloc_impl(size: usize) -> *mut c_void {
-    or_enomem(hoard::malloc(size, true))
+    // errno is set on the slow path that failed.
+    hoard::malloc(size, true).cast()
 }
 
 #[inline(always)]

@@ -31,7 +31,8 @@ use core::ptr;
 use core::sync::atomic::Ordering;
 use superblock::Superblock;
 
-/// Allocates `size` bytes (16-byte aligned; 0 counts as 1). Null when out of memory. `record`: report
+/// Allocates `size` bytes (16-byte aligned; 0 counts as 1). Null with `errno = ENOMEM` when out of
+/// memory (only the slow paths can fail, so the fast path never touches errno). `record`: report
 /// the call to the trace recorder (entry points do; calls inside calloc or realloc do not). Recording
 /// happens only on the slow path: while tracing, threads have no heap in the fast slot.
 #[inline(always)]
@@ -55,13 +56,17 @@ fn malloc_slow(size: usize, record: bool) -> *mut u8 {
     } else {
         let h = thread_heap();
         if h.is_null() {
-            return ptr::null_mut();
+            ptr::null_mut()
+        } else {
+            // SAFETY: h is the calling thread's heap.
+            unsafe { heap::alloc(h, class_of(size)) }
         }
-        // SAFETY: h is the calling thread's heap.
-        unsafe { heap::alloc(h, class_of(size)) }
     };
     if record {
         crate::trace::record(crate::trace::Op::Malloc, p, ptr::null_mut(), size, 0);
+    }
+    if p.is_null() {
+        crate::os::set_errno(libc::ENOMEM);
     }
     p
 }
@@ -87,7 +92,8 @@ enum Owner {
 #[inline(always)]
 fn owner_of(p: *mut u8, func: &str) -> Owner {
     let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
-    if addrmap::kind(chunk) == addrmap::SUPERBLOCK && chunk != p as usize {
+    // (A superblock's first byte is its header: `p == chunk` fails the block check below.)
+    if addrmap::kind(chunk) == addrmap::SUPERBLOCK {
         let sb = chunk as *mut Superblock;
         // SAFETY: the address map says a superblock header of ours is at `chunk`.
         if unsafe { (*sb).is_block_start(p) } {
