@@ -143,12 +143,16 @@ impl Results<'_> {
             if w.group != group {
                 group = w.group;
                 let _ = writeln!(out, "\n### {group}\n");
-                let extra = if group.starts_with("rmalloc") { " lock+unlock ns | memory needed MiB | x live peak |" } else { "" };
+                let extra = if group.starts_with("rmalloc") {
+                    " lock+unlock ns | memory needed MiB | x live peak | at that budget: time, compactions, moved, longest pause |"
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     out,
                     "| workload | allocator | time ms (min-max) | Mops/s | peak RSS MiB | faults | time x glibc | time x best peer | mem x glibc |{extra}"
                 );
-                let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|{}", if extra.is_empty() { "" } else { "---|---|---|" });
+                let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|{}", if extra.is_empty() { "" } else { "---|---|---|---|" });
             }
             for r in rows {
                 let f = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into());
@@ -165,6 +169,15 @@ impl Results<'_> {
                             let live = get("live_peak") / 1048576.0;
                             let mem = memory_mib(s);
                             let _ = write!(out, " {:.1} | {:.1} | {:.2}x |", get("lock_ns"), mem, mem / live);
+                            if get("budget_ms").is_finite() {
+                                let _ = write!(
+                                    out,
+                                    " {:.0} ms, {:.0}, {:.1} MiB, {:.0} us |",
+                                    get("budget_ms"), get("compactions"), get("moved_mib"), get("max_pause_us")
+                                );
+                            } else {
+                                let _ = write!(out, " - |");
+                            }
                         }
                         let _ = writeln!(out);
                     }
@@ -211,7 +224,7 @@ impl Results<'_> {
             let list = |xs: &[(String, f64, f64, Option<f64>)]| {
                 xs.iter().map(|x| format!("{} {:.2}x", x.0, x.2)).collect::<Vec<_>>().join(", ")
             };
-            let n = v.len().min(4);
+            let n = (v.len() / 2).clamp(1, 4);
             let _ = writeln!(out, "  best vs best peer: {}; worst: {}.", list(&v[..n]), list(&v[v.len() - n..]));
         }
         out
@@ -219,16 +232,19 @@ impl Results<'_> {
 
     /// Raw samples, one line per run.
     pub fn csv(&self) -> String {
-        let mut out = String::from("allocator,workload,group,threads,run,time_ns,ops,peak_kib,minflt,lock_ns,live_peak,budget\n");
+        let mut out = String::from(
+            "allocator,workload,group,threads,run,time_ns,ops,peak_kib,minflt,lock_ns,live_peak,budget,budget_ms,compactions,moved_mib,max_pause_us\n",
+        );
         for c in &self.cells {
             let w = &self.workloads[c.workload];
             for (i, s) in c.samples.iter().enumerate() {
                 let g = |k: &str| s.get(k).map(|v| v.to_string()).unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                     c.alloc, w.name, w.group, w.threads, i, s.time_ns, s.ops, s.peak_kib, s.minflt,
-                    g("lock_ns"), g("live_peak"), g("budget")
+                    g("lock_ns"), g("live_peak"), g("budget"), g("budget_ms"), g("compactions"), g("moved_mib"),
+                    g("max_pause_us")
                 );
             }
         }

@@ -34,6 +34,10 @@ pub trait Handles: Sync + Send + 'static {
     fn set_limit(&self, _bytes: usize) {}
     /// `rmcompact(0)` (real rmalloc only).
     fn compact(&self) {}
+    /// Compactions, bytes moved and longest pause in ns so far (real rmalloc only).
+    fn stats(&self) -> [f64; 3] {
+        [0.0; 3]
+    }
 }
 
 /// Seed 001's adapter: a malloc-style allocator behind the handle interface.
@@ -299,6 +303,23 @@ pub fn run<R: Handles>(r: &R, name: &str, scale: f64, m: &mut Meter) {
             if unsafe { run_once(r, name, scale, None) }.is_ok() {
                 found = limit as f64;
                 break;
+            }
+        }
+        if found > 0.0 {
+            // Once more at that budget, to see what compaction costs there.
+            r.compact();
+            r.set_limit(found as usize);
+            let s0 = r.stats();
+            let t0 = std::time::Instant::now();
+            // SAFETY: as above.
+            let ok = unsafe { run_once(r, name, scale, None) }.is_ok();
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            let s1 = r.stats();
+            if ok {
+                m.extra("budget_ms", ms);
+                m.extra("compactions", s1[0] - s0[0]);
+                m.extra("moved_mib", (s1[1] - s0[1]) / 1048576.0);
+                m.extra("max_pause_us", s1[2] / 1e3);
             }
         }
         r.set_limit(0);
