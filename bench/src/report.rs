@@ -220,6 +220,24 @@ impl Results<'_> {
                 gm(&|x| x.1),
                 gm(&|x| x.2)
             );
+            // Against each peer: geometric mean of the time ratio and the workloads won.
+            let mut per_peer = Vec::new();
+            for p in self.allocs.iter().filter(|p| alloc::is_peer(p)) {
+                let mut ratios = Vec::new();
+                for wi in 0..self.workloads.len() {
+                    let rows = self.rows(wi);
+                    let t = |name: &str| rows.iter().find(|r| r.alloc == name).and_then(|r| r.s.as_ref()).map(|s| s.ms.0);
+                    if let (Some(x), Some(y)) = (t(a), t(p)) {
+                        ratios.push(x / y);
+                    }
+                }
+                if !ratios.is_empty() {
+                    let g = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
+                    let won = ratios.iter().filter(|r| **r < 1.0).count();
+                    per_peer.push(format!("{p} {g:.2}x (faster in {won}/{})", ratios.len()));
+                }
+            }
+            let _ = writeln!(out, "  time against each peer (geometric mean): {}.", per_peer.join(", "));
             v.sort_by(|x, y| x.2.partial_cmp(&y.2).unwrap());
             let list = |xs: &[(String, f64, f64, Option<f64>)]| {
                 xs.iter().map(|x| format!("{} {:.2}x", x.0, x.2)).collect::<Vec<_>>().join(", ")
