@@ -6,4 +6,5 @@
 //! can compare them with `include/rallocs.h`.
 
 pub mod types;
+pub mod region;
 pub mod version;
