@@ -40,7 +40,7 @@ pub const REGION_BITMAP_WORDS: usize = REGION_GRANULES / 64;
 pub const REGION_CACHE_PAGES: usize = 4;
 /// A page that is neither current nor full becomes a candidate for reuse (its holes are filled by bump
 /// allocation again) once at least this percentage of its capacity is free.
-pub const REGION_REUSE_FREE_PERCENT: usize = 25;
+pub const REGION_REUSE_FREE_PERCENT: usize = 40;
 /// The shared pool keeps at most this many free pages resident; past it, it gives memory back to the OS
 /// (`MADV_DONTNEED`) until only [`REGION_POOL_KEEP_LOW`] remain: hysteresis, so that a program that
 /// frees and reallocates a few pages does not pay a system call each time. 256 pages = 4 MiB.

@@ -252,14 +252,17 @@ impl Pool {
         Ok(self.page_addr(idx) as *mut PageHeader)
     }
 
-    /// `n` contiguous pages for a large block, such that `(first + phase) % align_pages == 0`; the first
+    /// `n` contiguous pages for a large block, such that the address of page `first + phase` is a
+    /// multiple of `align_pages` pages; the first
     /// is marked [`T_RUN`], the others [`T_TAIL`]. Prefers free pages given back earlier (first fit).
     pub fn take_run(&mut self, n: usize, align_pages: usize, phase: usize) -> OsResult<*mut PageHeader> {
         self.ensure_init()?;
         if n == 0 || n > REGION_PAGES {
             return Err(OsError::NO_MEMORY);
         }
-        let fits = |s: usize| -> usize { s + (align_pages - (s + phase) % align_pages) % align_pages };
+        // Alignment is of the address, and the base is only page-aligned: count pages from address 0.
+        let base_pages = self.base >> REGION_PAGE_SHIFT;
+        let fits = |s: usize| -> usize { s + (align_pages - (base_pages + s + phase) % align_pages) % align_pages };
         let mut from = self.cold_hint * 64;
         let mut found = None;
         while self.ncold >= n && found.is_none() {

@@ -82,7 +82,7 @@ fn model_run(seed: u64, steps: usize) {
         if op < 45 || live.is_empty() {
             let size = size_for(&mut rng);
             let b = if rng.below(10) == 0 {
-                let align = 1usize << (4 + rng.below(14));
+                let align = 1usize << (4 + rng.below(19));
                 let p = r.alloc_aligned(size, align).expect("alloc_aligned").as_ptr() as usize;
                 assert_eq!(p % align, 0, "alignment {align}");
                 Block { p, size, fill: rng.next() as u8 }
