@@ -25,7 +25,10 @@
 pub mod page;
 pub mod pool;
 
-use crate::config::{MIN_ALIGN, REGION_CACHE_PAGES, REGION_GRANULE, REGION_GRANULES, REGION_PAGE, REGION_RESERVE};
+use crate::config::{
+    MIN_ALIGN, REGION_CACHE_PAGES, REGION_GRANULE, REGION_GRANULES, REGION_HINT_CLASSES, REGION_HINT_SLOTS, REGION_PAGE,
+    REGION_RESERVE,
+};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 use page::{
@@ -129,6 +132,11 @@ pub struct Region {
     /// Pages in use, counting every page of a run.
     npages: usize,
     callbacks: *mut Callback,
+    /// Per size in granules: pushes so far (the ring's head) and hints held.
+    hint_top: [u32; REGION_HINT_CLASSES],
+    hint_len: [u32; REGION_HINT_CLASSES],
+    /// Places of freed blocks, as granule offsets from the reservation's base.
+    hints: [[u32; REGION_HINT_SLOTS]; REGION_HINT_CLASSES],
 }
 
 /// Granule of payload address `p` in its page.
@@ -187,6 +195,9 @@ impl Region {
                 ncache: 0,
                 npages: 1,
                 callbacks: ptr::null_mut(),
+                hint_top: [0; REGION_HINT_CLASSES],
+                hint_len: [0; REGION_HINT_CLASSES],
+                hints: [[0; REGION_HINT_SLOTS]; REGION_HINT_CLASSES],
             });
             let reg = &mut *r;
             reg.all_push(hp);
@@ -271,6 +282,7 @@ impl Region {
         self.all = ptr::null_mut();
         self.all_push(home);
         self.partial = ptr::null_mut();
+        self.hint_len = [0; REGION_HINT_CLASSES];
         self.npages = 1;
         self.live_bytes = 0;
         self.live_objects = 0;
@@ -383,8 +395,69 @@ impl Region {
         if size > SMALL_MAX {
             return self.alloc_run(size, MIN_ALIGN);
         }
-        self.refill(chunk_size(size))?;
+        let c = chunk_size(size);
+        // An empty cached page is the cheapest place (and keeps FIFO lifetimes page-aligned); else a
+        // place a block of this size left, else a hole found by sweeping.
+        if self.cache.is_null() && c / REGION_GRANULE < REGION_HINT_CLASSES {
+            if let Some(p) = self.alloc_from_hint(c) {
+                return Some(p);
+            }
+        }
+        self.refill(c)?;
         self.alloc(size)
+    }
+
+    /// Remembers that a block of `k` granules at `p` was freed.
+    #[inline(always)]
+    fn push_hint(&mut self, k: usize, p: usize) {
+        if k < REGION_HINT_CLASSES {
+            let top = self.hint_top[k];
+            self.hints[k][top as usize % REGION_HINT_SLOTS] = ((p - self.base) / REGION_GRANULE) as u32;
+            self.hint_top[k] = top.wrapping_add(1);
+            if (self.hint_len[k] as usize) < REGION_HINT_SLOTS {
+                self.hint_len[k] += 1;
+            }
+        }
+    }
+
+    /// Allocates a chunk of `c` bytes at a hinted place that is still free: in a listed, non-current
+    /// small page of ours whose `occ` bits are clear there. Stale hints are dropped.
+    fn alloc_from_hint(&mut self, c: usize) -> Option<NonNull<u8>> {
+        let k = c / REGION_GRANULE;
+        while self.hint_len[k] != 0 {
+            self.hint_len[k] -= 1;
+            self.hint_top[k] = self.hint_top[k].wrapping_sub(1);
+            let h = self.hints[k][self.hint_top[k] as usize % REGION_HINT_SLOTS];
+            let p = self.base + h as usize * REGION_GRANULE;
+            let page = p & !PAGE_MASK;
+            let g = granule(p);
+            if page == self.cur as usize {
+                continue;
+            }
+            // SAFETY: p lies inside the reservation (it was a block of ours); the table is committed.
+            if unsafe { table_entry(self.base, (page - self.base) / REGION_PAGE) } != T_SMALL {
+                continue;
+            }
+            // SAFETY: a small page in use is committed; `region` is atomic.
+            let hp = unsafe { &mut *(page as *mut PageHeader) };
+            if !ptr::eq(hp.region.load(Ordering::Relaxed), self) || hp.cached != 0 || !page::range_is_clear(&hp.occ, g, k) {
+                continue;
+            }
+            set_range(&mut hp.occ, g, k);
+            hp.used += k as u32;
+            hp.live += 1;
+            hp.starts[g / 64] |= 1u64 << (g % 64);
+            // SAFETY: the granules [g, g + k) of our page are free.
+            unsafe { write_block_header(p, c, MAGIC_LIVE) };
+            self.live_objects += 1;
+            self.live_bytes += c - 8;
+            if self.live_bytes > self.peak_bytes {
+                self.peak_bytes = self.live_bytes;
+            }
+            // SAFETY: p is inside a page, never 0.
+            return Some(unsafe { NonNull::new_unchecked(p as *mut u8) });
+        }
+        None
     }
 
     /// Allocates `size` bytes aligned to `align` (a power of two).
@@ -628,7 +701,7 @@ impl Region {
         }
         // SAFETY: a set start bit means a block header precedes p in this page.
         let (c, magic) = unsafe { read_block_header(p) };
-        if magic != MAGIC_LIVE || c % REGION_GRANULE != 0 || g + c / REGION_GRANULE > REGION_GRANULES {
+        if magic != MAGIC_LIVE || g + c / REGION_GRANULE > REGION_GRANULES {
             return Err(BadPointer::Corrupted);
         }
         Ok(c)
@@ -661,6 +734,14 @@ impl Region {
         clear_range(&mut h.occ, g, k);
         h.used -= k as u32;
         h.live -= 1;
+        // A hint only for an isolated hole in a sparse page: random-order frees. Frees in allocation
+        // order (FIFO) grow one hole, which sweeping finds, and let the page empty and be recycled.
+        if h.used <= h.reuse_at
+            && test_bit(&h.occ, g - 1)
+            && (g + k == REGION_GRANULES || test_bit(&h.occ, g + k))
+        {
+            self.push_hint(k, p);
+        }
         if h.live == 0 || (h.used <= h.reuse_at && h.in_partial == 0 && page != self.cur as usize) {
             self.page_changed(h);
         }
@@ -895,6 +976,7 @@ impl Region {
     }
 
     fn cache_push(&mut self, h: &mut PageHeader) {
+        h.cached = 1;
         h.list_next = self.cache;
         self.cache = h;
         self.ncache += 1;
@@ -903,7 +985,10 @@ impl Region {
     fn cache_pop(&mut self) -> *mut PageHeader {
         let h = self.cache;
         // SAFETY: cached pages are ours.
-        self.cache = unsafe { (*h).list_next };
+        unsafe {
+            self.cache = (*h).list_next;
+            (*h).cached = 0;
+        }
         self.ncache -= 1;
         h
     }
@@ -939,6 +1024,7 @@ impl Region {
             // SAFETY: pages on the all-list are ours and committed.
             let hp = unsafe { &*h };
             assert_eq!(hp.region.load(Ordering::Relaxed), me, "page owner");
+            assert_eq!(hp.cached, 0, "listed pages are not cached");
             let idx = (h as usize - self.base) / REGION_PAGE;
             // SAFETY: base is set.
             let t = unsafe { table_entry(self.base, idx) };
@@ -992,6 +1078,7 @@ impl Region {
             let hp = unsafe { &*c };
             assert_eq!(hp.region.load(Ordering::Relaxed), me, "cached page owner");
             assert_eq!(hp.live, 0);
+            assert_eq!(hp.cached, 1);
             assert_eq!(page::count_bits(&hp.starts), 0);
             assert_eq!(page::count_bits(&hp.occ), hp.first as usize);
             c = hp.list_next;

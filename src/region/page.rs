@@ -61,6 +61,8 @@ pub struct PageHeader {
     pub kind: u8,
     /// 1 while the page is on its region's partial list.
     pub in_partial: u8,
+    /// 1 while the page sits empty in its region's cache (not on the all-list).
+    pub cached: u8,
     /// Runs: pages in the run.
     pub run_pages: usize,
     /// Runs: address of the block.
@@ -148,6 +150,16 @@ fn range_op_words(bits: &mut [u64; REGION_BITMAP_WORDS], from: usize, n: usize, 
     }
 }
 
+/// Whether bits `[from, from + n)` are all clear, for `1 <= n <= 64`.
+#[inline(always)]
+pub fn range_is_clear(bits: &[u64; REGION_BITMAP_WORDS], from: usize, n: usize) -> bool {
+    debug_assert!((1..=64).contains(&n) && from + n <= REGION_GRANULES);
+    let (w, lo) = (from / 64, from % 64);
+    let m = u64::MAX >> (64 - n);
+    let (m0, m1) = (m << lo, (m >> 1) >> (63 - lo));
+    bits[w] & m0 == 0 && (m1 == 0 || bits[w + 1] & m1 == 0)
+}
+
 /// Tests bit `g`.
 #[inline(always)]
 pub fn test_bit(bits: &[u64; REGION_BITMAP_WORDS], g: usize) -> bool {
@@ -194,6 +206,7 @@ impl PageHeader {
         h.list_prev = core::ptr::null_mut();
         h.list_next = core::ptr::null_mut();
         h.kind = KIND_SMALL;
+        h.cached = 0;
         h.first = first as u16;
         let capacity = REGION_GRANULES - first;
         h.reuse_at = (capacity - capacity * crate::config::REGION_REUSE_FREE_PERCENT / 100) as u32;
@@ -247,8 +260,15 @@ mod tests {
                 if from + n > REGION_GRANULES {
                     continue;
                 }
+                if n <= 64 {
+                    assert!(range_is_clear(&b, from, n));
+                }
                 set_range(&mut b, from, n);
                 assert_eq!(count_bits(&b), n);
+                if n <= 64 {
+                    assert!(!range_is_clear(&b, from, n));
+                    assert!(from == 0 || range_is_clear(&b, from - 1, 1));
+                }
                 assert!(test_bit(&b, from) && test_bit(&b, from + n - 1));
                 assert_eq!(next_bit(&b, 0, true), from);
                 clear_range(&mut b, from, n);
