@@ -196,8 +196,8 @@ pub unsafe extern "C" fn region_realloc(r: *mut region_t, p: *mut c_void, size: 
 
 /// Frees block `p` of region `r` in constant time. A page that empties is recycled. NULL `p` is
 /// ignored. Aborts with a one-line message when `p` is not a live block of `r` (a block of another
-/// region, a stack or malloc address, an interior pointer, a block freed twice), or when `r` is NULL
-/// and `p` is not.
+/// region, a stack or malloc address, a block freed twice, an interior pointer unless the 8 bytes below
+/// it happen to look like a block header), or when `r` is NULL and `p` is not.
 ///
 /// # Safety
 /// `r` is NULL or a live region that no other thread uses.

@@ -13,8 +13,8 @@
 //! The region struct itself lives at the start of its first page (the *home* page), after the page
 //! header, so that creating a region allocates nothing else; cleanup records live in region pages too.
 //!
-//! Laziness on the fast path: allocations in the open hole `[hole_start, bump)` set only their `starts`
-//! bit; the hole's `occ` bits and the page's `live`/`used` counts are brought up to date
+//! Laziness on the fast path: allocations in the open hole `[hole_start, bump)` write only their block
+//! header; the hole's `occ` bits and the page's `live`/`used` counts are brought up to date
 //! ("materialised") when the hole is left or a block inside it is freed.
 //!
 //! Invariants (walked by [`Region::check`]): every page on the all-list is owned by the region and
@@ -349,9 +349,6 @@ impl Region {
         unsafe {
             let (csize, _) = read_block_header(p);
             write_block_header(p, csize, MAGIC_INTERNAL);
-            let h = &mut *((p & !PAGE_MASK) as *mut PageHeader);
-            let g = granule(p);
-            h.starts[g / 64] &= !(1u64 << (g % 64));
             self.live_objects -= 1;
             self.live_bytes -= csize - 8;
             (p as *mut Callback).write(Callback { func, arg, next: self.callbacks });
@@ -372,12 +369,7 @@ impl Region {
         }
         self.bump = p + c;
         // SAFETY: [p - 8, p - 8 + c) lies in the open hole of our current page, which is committed.
-        unsafe {
-            write_block_header(p, c, MAGIC_LIVE);
-            let h = &mut *self.cur;
-            let g = granule(p);
-            h.starts[g / 64] |= 1u64 << (g % 64);
-        }
+        unsafe { write_block_header(p, c, MAGIC_LIVE) };
         self.hole_allocs += 1;
         self.live_objects += 1;
         self.live_bytes += c - 8;
@@ -446,7 +438,6 @@ impl Region {
             set_range(&mut hp.occ, g, k);
             hp.used += k as u32;
             hp.live += 1;
-            hp.starts[g / 64] |= 1u64 << (g % 64);
             // SAFETY: the granules [g, g + k) of our page are free.
             unsafe { write_block_header(p, c, MAGIC_LIVE) };
             self.live_objects += 1;
@@ -687,7 +678,8 @@ impl Region {
         Ok((page, kind))
     }
 
-    /// Validates `p` as a live block of the small page `page` and returns its chunk size.
+    /// Validates `p` as a live block of the small page `page` and returns its chunk size: its granule is
+    /// occupied (or lies in the open hole, whose bits are not set yet) and its header has the live magic.
     ///
     /// # Safety
     /// `page` is a small page of ours.
@@ -696,13 +688,14 @@ impl Region {
         // SAFETY: guaranteed by the caller.
         let h = unsafe { &*(page as *const PageHeader) };
         let g = granule(p);
-        if p % REGION_GRANULE != 0 || !test_bit(&h.starts, g) {
+        let in_open_hole = p >= self.hole_start && p < self.bump && page == self.cur as usize;
+        if p % REGION_GRANULE != 0 || g < h.first as usize || !(in_open_hole || test_bit(&h.occ, g)) {
             return Err(BadPointer::NotLive);
         }
-        // SAFETY: a set start bit means a block header precedes p in this page.
+        // SAFETY: p - 8 lies in the page, after its header (g >= first).
         let (c, magic) = unsafe { read_block_header(p) };
-        if magic != MAGIC_LIVE || g + c / REGION_GRANULE > REGION_GRANULES {
-            return Err(BadPointer::Corrupted);
+        if magic != MAGIC_LIVE || c == 0 || g + c / REGION_GRANULE > REGION_GRANULES {
+            return Err(BadPointer::NotLive);
         }
         Ok(c)
     }
@@ -716,12 +709,11 @@ impl Region {
         // SAFETY: as above.
         let h = unsafe { &mut *(page as *mut PageHeader) };
         let g = granule(p);
-        h.starts[g / 64] &= !(1u64 << (g % 64));
         // SAFETY: the block is live in our page.
         unsafe { write_block_header(p, c, MAGIC_FREED) };
         self.live_objects -= 1;
         self.live_bytes -= c - 8;
-        if page == self.cur as usize && p >= self.hole_start {
+        if page == self.cur as usize && p >= self.hole_start && p < self.bump {
             if p + c == self.bump {
                 // The last block of the open hole: give the space back to the hole.
                 self.bump = p;
@@ -820,18 +812,11 @@ impl Region {
             let h = unsafe { &*(page as *const PageHeader) };
             return if h.run_payload == p { Ok(h.run_size) } else { Err(BadPointer::NotLive) };
         }
-        // SAFETY: any_page checked that the page is a small page in use; live_block reads only it.
-        let h = unsafe { &*(page as *const PageHeader) };
-        let g = granule(p);
-        if p % REGION_GRANULE != 0 || !test_bit(&h.starts, g) {
-            return Err(BadPointer::NotLive);
-        }
-        // SAFETY: a set start bit means a block header precedes p.
-        let (c, magic) = unsafe { read_block_header(p) };
-        if magic != MAGIC_LIVE {
-            return Err(BadPointer::Corrupted);
-        }
-        Ok(c - 8)
+        // SAFETY: any_page checked that the page is a small page in use, so its owner is a live region;
+        // the caller uses that region from this thread, so reading it is not a race.
+        let owner = unsafe { &*(*(page as *const PageHeader)).region.load(Ordering::Relaxed) };
+        // SAFETY: the page is a small page of `owner`.
+        unsafe { owner.live_block(page, p) }.map(|c| c - 8)
     }
 
     /// The page (run head for runs) and kind of any region pointer, whoever owns it.
@@ -1079,7 +1064,6 @@ impl Region {
             assert_eq!(hp.region.load(Ordering::Relaxed), me, "cached page owner");
             assert_eq!(hp.live, 0);
             assert_eq!(hp.cached, 1);
-            assert_eq!(page::count_bits(&hp.starts), 0);
             assert_eq!(page::count_bits(&hp.occ), hp.first as usize);
             c = hp.list_next;
             n += 1;
@@ -1105,38 +1089,36 @@ impl Region {
         for g in 0..hp.first as usize {
             assert!(test_bit(&occ, g), "header granules occupied");
         }
-        let mut mark = [0u64; crate::config::REGION_BITMAP_WORDS];
-        set_range(&mut mark, 0, hp.first as usize);
-        let (mut bytes, mut objects, mut granules, mut blocks) = (0, 0, 0, 0);
-        let mut visit = |p: usize, c: usize, mark: &mut [u64; crate::config::REGION_BITMAP_WORDS]| {
-            let g = granule(p);
-            let k = c / REGION_GRANULE;
-            assert!(g >= hp.first as usize && g + k <= REGION_GRANULES, "block inside the page");
-            for i in g..g + k {
-                assert!(test_bit(&occ, i), "block granule occupied");
-                assert!(!test_bit(mark, i), "blocks do not overlap");
-            }
-            set_range(mark, g, k);
-            granules += k;
-            blocks += 1;
-        };
-        for g in 0..REGION_GRANULES {
-            if test_bit(&hp.starts, g) {
+        // The occupied granules after the header are tiled by blocks: walk them by their headers.
+        let (mut bytes, mut objects, mut granules, mut blocks, mut internals) = (0, 0, 0, 0, 0);
+        let mut g = page::next_bit(&occ, hp.first as usize, true);
+        while g < REGION_GRANULES {
+            let end = page::next_bit(&occ, g, false);
+            while g < end {
                 let p = page + g * REGION_GRANULE;
-                // SAFETY: a start bit means a block header precedes p.
+                // SAFETY: an occupied granule after the header starts with a block header.
                 let (c, magic) = unsafe { read_block_header(p) };
-                assert_eq!(magic, MAGIC_LIVE, "live block header");
-                visit(p, c, &mut mark);
-                bytes += c - 8;
-                objects += 1;
+                let k = c / REGION_GRANULE;
+                assert!(c % REGION_GRANULE == 0 && k >= 1 && g + k <= end, "block {p:#x} ({c} bytes) inside its run");
+                match magic {
+                    MAGIC_LIVE => {
+                        bytes += c - 8;
+                        objects += 1;
+                    }
+                    MAGIC_INTERNAL => {
+                        assert!(internal.iter().any(|&(q, _)| q == p), "internal block is a cleanup record");
+                        internals += 1;
+                    }
+                    m => panic!("block {p:#x} has magic {m:#x}"),
+                }
+                granules += k;
+                blocks += 1;
+                g += k;
             }
+            g = page::next_bit(&occ, end, true);
         }
-        for &(p, c) in internal {
-            if p & !PAGE_MASK == page {
-                visit(p, c, &mut mark);
-            }
-        }
-        assert_eq!(mark, occ, "occupied granules are exactly the header and the blocks");
+        let records_here = internal.iter().filter(|&&(q, _)| q & !PAGE_MASK == page).count();
+        assert_eq!(internals, records_here, "every cleanup record of this page found");
         assert_eq!(granules, used, "used granules");
         assert_eq!(blocks, live, "live blocks");
         (bytes, objects)

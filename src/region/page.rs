@@ -3,20 +3,22 @@
 //!
 //! A page is divided into 16-byte granules. Granule `g` stands for the block whose payload starts at
 //! `page + 16 * g`; a block of `k` granules occupies the bytes `[16g - 8, 16g - 8 + 16k)`: its 8-byte
-//! block header (chunk size and a magic word) sits just below the 16-byte aligned payload. The header keeps
-//! two bitmaps with one bit per granule:
+//! block header (chunk size and a magic word) sits just below the 16-byte aligned payload.
 //!
-//! * `starts`: bit `g` is set iff a live user block has its payload at granule `g`. It makes
-//!   `region_free` exact: an interior pointer, a pointer freed twice or never handed out finds its bit
-//!   clear and aborts instead of corrupting the page.
-//! * `occ`: bit `g` is set iff granule `g` belongs to the header or to a live block (user or internal).
-//!   Runs of clear bits are the page's *holes*: reuse fills them by bump allocation again (the reaps idea,
-//!   Berger, Zorn and McKinley, OOPSLA 2002), so pages that empty in random order are reused before fresh
-//!   ones are taken.
+//! The page header keeps one bitmap, `occ`, with one bit per granule: set iff the granule belongs to the
+//! header or to a live block (user or internal). Runs of clear bits are the page's *holes*: reuse fills
+//! them by bump allocation again (the reaps idea, Berger, Zorn and McKinley, OOPSLA 2002), so pages that
+//! empty in random order are reused before fresh ones are taken. `region_free` accepts `p` only when
+//! `occ` says granule `g` is in use (or `p` lies in the open hole, see the region) and the block header
+//! below `p` carries the live magic: a block freed twice finds its bit clear or its header marked freed;
+//! an interior pointer finds user data where the magic should be.
+//!
+//! The header is laid out so that a free touches one cache line for the owner and the counts and one
+//! for the bitmap word; allocation by bumping touches none of it.
 //!
 //! Invariants of a small page (checked by `Region::check`), for the *current* page once its open hole is
-//! materialised: `live == |starts| + internal blocks`, `used == |occ| - first`, `occ` covers `[0, first)`,
-//! every set `starts` bit has a block header with the live magic whose granules are all set in `occ`.
+//! materialised: `occ` covers `[0, first)`; the occupied granules after it are tiled by blocks whose
+//! headers carry the live or internal magic; `live` counts those blocks and `used` their granules.
 
 use crate::config::{REGION_BITMAP_WORDS, REGION_GRANULE, REGION_GRANULES, REGION_PAGE};
 use core::sync::atomic::AtomicPtr;
@@ -28,7 +30,7 @@ pub const KIND_RUN: u8 = 2;
 
 /// Magic word of a live user block's header.
 pub const MAGIC_LIVE: u32 = 0x5245_474c; // "REGL"
-/// Magic word of a block the region allocated for itself (cleanup records): never in `starts`.
+/// Magic word of a block the region allocated for itself (cleanup records): `region_free` refuses it.
 pub const MAGIC_INTERNAL: u32 = 0x5245_4749; // "REGI"
 /// Magic word of a large block's header (at the start of its run).
 pub const MAGIC_RUN: u32 = 0x5245_4752; // "REGR"
@@ -63,16 +65,14 @@ pub struct PageHeader {
     pub in_partial: u8,
     /// 1 while the page sits empty in its region's cache (not on the all-list).
     pub cached: u8,
+    /// Occupied granules (header and live blocks); starts on the second cache line.
+    pub occ: [u64; REGION_BITMAP_WORDS],
     /// Runs: pages in the run.
     pub run_pages: usize,
     /// Runs: address of the block.
     pub run_payload: usize,
     /// Runs: usable bytes of the block.
     pub run_size: usize,
-    /// Live user block starts, one bit per granule.
-    pub starts: [u64; REGION_BITMAP_WORDS],
-    /// Occupied granules (header and live blocks).
-    pub occ: [u64; REGION_BITMAP_WORDS],
 }
 
 /// Bytes the page header takes, rounded to a granule.
@@ -85,6 +85,8 @@ pub const SMALL_MAX: usize = (REGION_GRANULES - FIRST_GRANULE) * REGION_GRANULE 
 
 const _: () = assert!(HEADER_SIZE < REGION_PAGE / 8);
 const _: () = assert!(core::mem::align_of::<PageHeader>() <= REGION_GRANULE);
+const _: () = assert!(core::mem::offset_of!(PageHeader, occ) == 64);
+const _: () = assert!(FIRST_GRANULE * REGION_GRANULE - 8 >= HEADER_SIZE);
 
 /// The first granule whose block header lies at or after byte `offset` of the page.
 pub const fn granules_before(offset: usize) -> usize {
@@ -112,7 +114,7 @@ pub fn clear_range(bits: &mut [u64; REGION_BITMAP_WORDS], from: usize, n: usize)
 
 #[inline(always)]
 fn range_op(bits: &mut [u64; REGION_BITMAP_WORDS], from: usize, n: usize, set: bool) {
-    if n >= 1 && n <= 64 {
+    if (1..=64).contains(&n) {
         // At most two words: blocks up to 1 KiB, the common case.
         let (w, lo) = (from / 64, from % 64);
         let m = u64::MAX >> (64 - n);
@@ -222,7 +224,6 @@ impl PageHeader {
         self.live = 0;
         self.used = 0;
         self.in_partial = 0;
-        self.starts = [0; REGION_BITMAP_WORDS];
         self.occ = [0; REGION_BITMAP_WORDS];
         set_range(&mut self.occ, 0, self.first as usize);
     }
@@ -285,6 +286,5 @@ mod tests {
         assert_eq!(chunk_size(24), 32);
         assert_eq!(chunk_size(25), 48);
         assert!(chunk_size(usize::MAX) > REGION_PAGE);
-        assert!(FIRST_GRANULE * REGION_GRANULE - 8 >= HEADER_SIZE);
     }
 }

@@ -347,3 +347,26 @@ fn threads_use_their_own_regions_while_others_come_and_go() {
     assert!(churn.join().unwrap() >= 50);
     pool::lock().check();
 }
+
+#[test]
+fn isolated_holes_in_sparse_pages_are_reused_by_size() {
+    let r = new_region();
+    let v: Vec<usize> = (0..2000).map(|_| r.alloc(100).unwrap().as_ptr() as usize).collect();
+    // Free every other block of the first pages: isolated holes, pages become sparse.
+    let freed: std::collections::HashSet<usize> = v[..600].iter().step_by(2).copied().collect();
+    for &p in &freed {
+        r.free(p).unwrap();
+    }
+    let pages_before = r.stats().pages_in_use;
+    // Same-size requests land in the freed places (hints or swept holes), not in fresh pages.
+    let again: Vec<usize> = (0..freed.len()).map(|_| r.alloc(100).unwrap().as_ptr() as usize).collect();
+    // Each lands in a freed place or in the rest of the current page (the open hole comes first).
+    let last_page = v[v.len() - 1] & !PAGE_MASK;
+    let reused = again.iter().filter(|p| freed.contains(p)).count();
+    let in_current = again.iter().filter(|&&p| p & !PAGE_MASK == last_page).count();
+    assert_eq!(reused + in_current, freed.len(), "{reused} reused, {in_current} in the current page");
+    assert!(reused > 0);
+    assert_eq!(r.stats().pages_in_use, pages_before, "no fresh page");
+    r.check();
+    destroy(r);
+}
