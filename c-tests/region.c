@@ -286,6 +286,25 @@ int main(int argc, char **argv) {
     CHECK("realloc-huge", region_realloc(r, blocks[1], SIZE_MAX) == NULL && errno == ENOMEM);
     CHECK("realloc-huge-keeps-block", blocks[1][0] == 1 && region_usable_size(blocks[1]) >= 38);
 
+    /* Exhausting the 32 GiB reservation: NULL with ENOMEM; the space comes back when freed. Only the
+     * first page of each large block is touched, so this costs address space, not memory. */
+    {
+        size_t huge = (size_t)15 << 30;
+        char *h1 = region_alloc(r, huge), *h2 = region_alloc(r, huge);
+        CHECK("huge-blocks", h1 && h2 && region_usable_size(h1) >= huge);
+        errno = 0;
+        char *h3 = region_alloc(r, huge);
+        CHECK("reservation-exhausted-enomem", h3 == NULL && errno == ENOMEM);
+        region_free(r, h1);
+        char *h4 = region_alloc(r, huge);
+        CHECK("huge-space-reused", h4 != NULL);
+        region_free(r, h2);
+        region_free(r, h4);
+        char *h5 = region_alloc(r, huge);
+        CHECK("huge-freed-space-reused", h5 != NULL);
+        region_free(r, h5);
+    }
+
     /* calloc zeroes recycled memory. */
     char *d = region_alloc(r, 500);
     memset(d, 0xAB, 500);

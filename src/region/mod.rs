@@ -726,12 +726,10 @@ impl Region {
         clear_range(&mut h.occ, g, k);
         h.used -= k as u32;
         h.live -= 1;
-        // A hint only for an isolated hole in a sparse page: random-order frees. Frees in allocation
-        // order (FIFO) grow one hole, which sweeping finds, and let the page empty and be recycled.
-        if h.used <= h.reuse_at
-            && test_bit(&h.occ, g - 1)
-            && (g + k == REGION_GRANULES || test_bit(&h.occ, g + k))
-        {
+        // A hint only for a hole that does not extend a free neighbour on its left, in a sparse page:
+        // random-order frees. Frees in allocation order (FIFO) grow one hole from the left, which
+        // sweeping finds, and let the page empty and be recycled.
+        if h.used <= h.reuse_at && test_bit(&h.occ, g - 1) {
             self.push_hint(k, p);
         }
         if h.live == 0 || (h.used <= h.reuse_at && h.in_partial == 0 && page != self.cur as usize) {
