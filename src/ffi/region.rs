@@ -267,7 +267,8 @@ pub extern "C" fn region_at(offset: u32) -> *mut c_void {
 
 /// Registers `fn(arg)` to run when region `r` is reset or destroyed; callbacks run most recently
 /// registered first, while the region's blocks are still valid. A callback may allocate from and free
-/// into the region; one registered during the run runs too. The record lives in the region itself.
+/// into the region (one it registers during the run runs too) but must not reset or destroy it. The
+/// record lives in the region itself.
 ///
 /// Returns 0 on success, or an error number (also stored in `errno`): `EINVAL` when `r` or `fn` is NULL,
 /// `ENOMEM` when out of memory.
