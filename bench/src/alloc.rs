@@ -191,6 +191,70 @@ extern "C" {
 
 c_alloc!(Rallocs, rallocs_malloc, rallocs_free, rallocs_realloc, rallocs_calloc, |a, s| rallocs_aligned_alloc(a, s));
 
+extern "C" {
+    fn region_create() -> *mut c_void;
+    fn region_destroy(r: *mut c_void);
+    fn region_alloc(r: *mut c_void, size: usize) -> *mut c_void;
+    fn region_alloc_aligned(r: *mut c_void, size: usize, align: usize) -> *mut c_void;
+    fn region_calloc(r: *mut c_void, n: usize, size: usize) -> *mut c_void;
+    fn region_realloc(r: *mut c_void, p: *mut c_void, size: usize) -> *mut c_void;
+    fn region_free(r: *mut c_void, p: *mut c_void);
+}
+
+thread_local! {
+    /// The calling thread's region (one region per thread; a region is used by one thread at a time).
+    static REGION: std::cell::Cell<*mut c_void> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// `region_*` on one region per thread, created by `thread_start` and destroyed by `thread_end`.
+pub struct Region;
+
+impl Region {
+    #[inline(always)]
+    fn region() -> *mut c_void {
+        REGION.with(|r| r.get())
+    }
+}
+
+impl Alloc for Region {
+    #[inline(always)]
+    unsafe fn malloc(&self, size: usize) -> *mut u8 {
+        region_alloc(Self::region(), size).cast()
+    }
+    #[inline(always)]
+    unsafe fn free(&self, p: *mut u8) {
+        region_free(Self::region(), p.cast())
+    }
+    #[inline(always)]
+    unsafe fn realloc(&self, p: *mut u8, size: usize) -> *mut u8 {
+        region_realloc(Self::region(), p.cast(), size).cast()
+    }
+    #[inline(always)]
+    unsafe fn calloc(&self, n: usize, size: usize) -> *mut u8 {
+        region_calloc(Self::region(), n, size).cast()
+    }
+    #[inline(always)]
+    unsafe fn aligned(&self, align: usize, size: usize) -> *mut u8 {
+        region_alloc_aligned(Self::region(), size, align).cast()
+    }
+    fn thread_start(&self) {
+        REGION.with(|r| {
+            if r.get().is_null() {
+                // SAFETY: region_create has no preconditions.
+                let reg = unsafe { region_create() };
+                assert!(!reg.is_null(), "region_create failed");
+                r.set(reg);
+            }
+        });
+    }
+    fn thread_end(&self) {
+        // SAFETY: the thread's own region, which no other thread uses.
+        REGION.with(|r| unsafe {
+            region_destroy(r.replace(std::ptr::null_mut()));
+        });
+    }
+}
+
 // RALLOCS-FAMILIES (adapters are added here as each family lands on main)
 
 // ---------------------------------------------------------------------------------------------------
@@ -220,6 +284,7 @@ pub const ALLOCATORS: &[(&str, Kind)] = &[
     ("mimalloc", Kind::Peer),
     ("rpmalloc", Kind::Peer),
     ("rallocs", Kind::Rallocs),
+    ("region", Kind::RallocsLocal),
     // RALLOCS-LIST
 ];
 
@@ -248,6 +313,10 @@ macro_rules! with_alloc {
             }
             "rallocs" => {
                 let $a: &'static Rallocs = &Rallocs;
+                $body
+            }
+            "region" => {
+                let $a: &'static Region = &Region;
                 $body
             }
             // RALLOCS-DISPATCH
