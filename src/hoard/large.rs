@@ -311,6 +311,18 @@ pub fn trim() -> usize {
     expire(&mut c, 0, true)
 }
 
+/// Walks the cache's invariants (tests).
+pub fn check() {
+    let c = CACHE.lock();
+    let mut bytes = 0;
+    for e in &c.entries[..c.n] {
+        assert_eq!(e.span % SUPERBLOCK_SIZE, 0);
+        assert_eq!(addrmap::kind(e.span), addrmap::NONE, "a cached span is not live");
+        bytes += e.len;
+    }
+    assert_eq!(bytes, c.bytes);
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -327,16 +339,4 @@ mod tests {
         }
         assert_eq!(super::span_class(usize::MAX & !(page - 1), page), None);
     }
-}
-
-/// Walks the cache's invariants (tests).
-pub fn check() {
-    let c = CACHE.lock();
-    let mut bytes = 0;
-    for e in &c.entries[..c.n] {
-        assert_eq!(e.span % SUPERBLOCK_SIZE, 0);
-        assert_eq!(addrmap::kind(e.span), addrmap::NONE, "a cached span is not live");
-        bytes += e.len;
-    }
-    assert_eq!(bytes, c.bytes);
 }

@@ -114,8 +114,12 @@ fn owner_of_large(p: *mut u8, func: &str) -> Owner {
 
 /// Frees `p` (NULL: nothing). `func` names the entry point in the abort message for a bad pointer;
 /// `record` as for [`malloc`].
+///
+/// # Safety
+/// `p` is NULL or a block this allocator returned that is still live. A pointer the allocator never
+/// returned is detected and aborts; a block freed twice is not always detected.
 #[inline(always)]
-pub fn free(p: *mut u8, func: &str, record: bool) {
+pub unsafe fn free(p: *mut u8, func: &str, record: bool) {
     if p.is_null() {
         return;
     }
@@ -132,7 +136,10 @@ pub fn free(p: *mut u8, func: &str, record: bool) {
 }
 
 /// Usable size of the live block `p` (0 for NULL).
-pub fn usable_size(p: *mut u8, func: &str) -> usize {
+///
+/// # Safety
+/// As for [`free`]; the block stays live.
+pub unsafe fn usable_size(p: *mut u8, func: &str) -> usize {
     if p.is_null() {
         return 0;
     }
@@ -164,12 +171,16 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
 /// glibc's realloc: NULL `p` allocates; size 0 frees and returns NULL; otherwise resizes, in place when
 /// the block already fits and is not more than twice the request, else by allocate-copy-free. On
 /// failure returns NULL and leaves `p` untouched.
-pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
+///
+/// # Safety
+/// As for [`free`]: `p` is NULL or a live block of this allocator, which the call takes over.
+pub unsafe fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if p.is_null() {
         return malloc(size, false);
     }
     if size == 0 {
-        free(p, func, false);
+        // SAFETY: the caller passes a live block and gives it up.
+        unsafe { free(p, func, false) };
         return ptr::null_mut();
     }
     let owner = owner_of(p, func);
@@ -200,9 +211,12 @@ pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if q.is_null() {
         return q;
     }
-    // SAFETY: p holds `old` bytes, q at least `size`; distinct live blocks.
-    unsafe { ptr::copy_nonoverlapping(p, q, old.min(size)) };
-    free(p, func, false);
+    // SAFETY: p holds `old` bytes, q at least `size`; distinct live blocks; then p, whose contents
+    // moved, is given up.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old.min(size));
+        free(p, func, false);
+    }
     q
 }
 
