@@ -192,17 +192,18 @@ pub unsafe fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if size <= old && size > old / 2 {
         return p;
     }
-    // A large block that grows: extend its mapping in place if the kernel can; if it must move, give
-    // it 50% headroom so that a loop that grows a buffer step by step copies O(n) bytes in all (the
-    // headroom is address space: pages not written stay unallocated).
+    // A block that grows into or within the large sizes: extend a large mapping in place if the kernel
+    // can; if it must move, give it 100% headroom so that a loop that grows a buffer step by step copies
+    // O(n) bytes and maps O(log n) times in all (the headroom is address space: pages not written stay
+    // unallocated).
     let mut new_size = size;
-    if let Owner::Large(span) = owner {
-        if size > old {
+    if size > old && size > MAX_SMALL_SIZE {
+        if let Owner::Large(span) = owner {
             if large::resize_in_place(span, size) {
                 return p;
             }
-            new_size = size.max(old.saturating_add(old / 2));
         }
+        new_size = size.max(old.saturating_mul(2));
     }
     let mut q = malloc(new_size, false);
     if q.is_null() && new_size != size {
