@@ -4,34 +4,42 @@
 //! The heap is one reservation of address space, committed in chunks as the top grows:
 //!
 //! ```text
-//!  res_start                                                                   res_end
-//!  | sentinel | hdr|block A | hdr|block B (free) |pad| hdr|block C |  committed  | reserved (PROT_NONE)
-//!             ^base                                             ^last        ^top         ^commit_end
+//!  res_start                                                                           res_end
+//!  |    |S|F| s|block A|f | s|block B (free)|f |pad| s|block C|f |  committed   | reserved (PROT_NONE)
+//!         ^base            ^                          ^last      ^top           ^commit_end
 //! ```
 //!
-//! Every block is `[header | payload]`. The header is [`BIMP_ALIGN`] bytes so that the payload that
-//! follows stays aligned; its last 16 bytes (just below the user pointer `p`) hold two words:
-//! * `p - 16`, the size word: the payload capacity (a multiple of `BIMP_ALIGN`, below 2^40), bit 0 set
-//!   when the block is free, and the 24-bit [`TAG`] in bits 40..64, which tells a block start from an
+//! A block is `[size word | payload | footer]`, and `p`, the pointer the program gets, is the payload:
+//! * `p - 8`, the size word (`s`): the payload capacity (a multiple of `BIMP_ALIGN`, below 2^40), bit 0
+//!   [`FREE`], bit 1 [`PADDED`], and the 24-bit [`TAG`] in bits 40..64, which tells a block from an
 //!   arbitrary address inside the heap;
-//! * `p - 8`, the link: `p - prev`, the distance down to the user pointer of the block below.
+//! * `p + capacity`, the footer (`f`, [`FOOT`] = `BIMP_ALIGN - 8` bytes): its first word repeats the
+//!   capacity, so that the block below the top can be found from the top alone;
+//! * an aligned allocation may leave padding below its size word; then `PADDED` is set and the
+//!   padding's length is stored at `p - 16` (padding is at least `BIMP_ALIGN` >= 16 bytes).
 //!
-//! A sentinel block of capacity 0 that is never free sits at `base` (link 0), so walking down always
-//! ends there.
+//! Block starts (and the top) are `-8 (mod BIMP_ALIGN)`, so that payloads are aligned and the overhead
+//! is `BIMP_ALIGN` bytes per block. A sentinel block of capacity 0 that is never free sits at `base`.
+//!
+//! Why footers and not links to the block below: `malloc` then writes its header from the top alone,
+//! and freeing the top block sets `top = p - 8` without waiting for any load, so that a malloc/free
+//! pair has no chain of dependent memory accesses through the heap's state (the block below is
+//! looked at only to decide whether to keep popping, a well-predicted branch).
 //!
 //! Invariants (checked by [`Heap::check`]):
-//! * `res_start < base <= top <= commit_end <= res_end`; `commit_end` is page-aligned; `top` is
-//!   `BIMP_ALIGN`-aligned.
-//! * `top == last + capacity(last)`: the top is the end of the last block.
-//! * The last block is live (or the sentinel): freeing the top block pops it and every free block
-//!   beneath it, so a free block always has a live block somewhere above it.
-//! * Walking the links from `last` reaches `base`; every block starts at or after the end of the block
-//!   below it plus a header (the gap is alignment padding, reclaimed when the block above is popped).
+//! * `res_start < base < top <= commit_end <= res_end`; `commit_end` is page-aligned; `base` is
+//!   `BIMP_ALIGN`-aligned and `top = -8 (mod BIMP_ALIGN)`.
+//! * `top` is the end (footer included) of the last block; `last` is that block's pointer (the
+//!   sentinel's when no block is left; [`NO_LAST`] before initialisation).
+//! * `nfree` is the number of free blocks below the top.
+//! * The last block is live: freeing the top block pops it and every free block beneath it, so a free
+//!   block always has a live block somewhere above it.
+//! * Walking down from the top through the footers reaches the sentinel; every block's footer repeats
+//!   the capacity in its size word.
 //!
-//! Costs: `alloc` is a bounds check and two header stores; freeing the top block is a pop (one step per
-//! freed block beneath it, no validation needed: the pointer *is* the last block); freeing another block
-//! validates the pointer and sets one bit. Statistics walk the blocks (O(blocks)). About 20 instructions
-//! each for `bimp_malloc` and a top `bimp_free` in a single-threaded process (see README, "bimp").
+//! Costs: `alloc` is a bounds check and three stores; freeing the top block is a pop (one step per
+//! freed block beneath it; no validation needed: the pointer *is* the last block); freeing another
+//! block validates the pointer and sets one bit. Statistics walk the blocks (O(blocks)).
 //!
 //! Thread safety: the process-wide heap ([`malloc`], [`free`], ...) is guarded by one futex lock that is
 //! skipped while glibc reports the process single-threaded (`__libc_single_threaded`), and always with
@@ -48,35 +56,41 @@ use crate::os;
 
 /// Alignment of every block (the build-time `BIMP_ALIGN`).
 pub const ALIGN: usize = BIMP_ALIGN;
-/// Header size: one alignment unit, so that payloads stay aligned.
-const HDR: usize = ALIGN;
+/// Bytes of a block's footer: with the 8-byte size word, one alignment unit of overhead per block.
+const FOOT: usize = ALIGN - 8;
 /// Free flag in the size word.
 const FREE: usize = 1;
+/// The block has padding below its size word; its length is stored at `p - 16`.
+const PADDED: usize = 2;
+/// Marks the sentinel's size word, so that the fast pop never takes it for a live block.
+const SENTINEL: usize = 4;
 /// Position of the tag in the size word; the capacity lives below it.
 const TAG_SHIFT: u32 = 40;
-/// Marks a block header ("B1 3D 5A"): a pointer whose header lacks it was not returned by bimp.
+/// Marks a block ("B1 3D 5A"): a pointer whose size word lacks it was not returned by bimp.
 const TAG: usize = 0xB1_3D_5A;
 /// The tag as it sits in a size word.
 const HEAD: usize = TAG << TAG_SHIFT;
-/// The capacity bits of a size word (bit 0, the free flag, is 0 in a live block's word).
+/// The capacity and flag bits of a size word.
 const CAP_MASK: usize = (1 << TAG_SHIFT) - 1;
-/// `last` of a heap that has not reserved anything yet: odd, so never a block's address.
+/// `last` before initialisation: odd, so never a block's address.
 const NO_LAST: usize = usize::MAX;
 
 const _: () = assert!(BIMP_MAX_REQUEST <= CAP_MASK + 1 && BIMP_RESERVE <= CAP_MASK);
-const _: () = assert!(HDR >= 16 && HDR % 16 == 0);
+const _: () = assert!(ALIGN >= 16 && ALIGN % 16 == 0 && FOOT >= 8);
 
 /// Why a pointer passed to a bimp entry point cannot be accepted; the C layer aborts with its text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Invalid {
     /// Outside the bimp heap.
     NotOurs,
-    /// Inside the heap but above the top: freed and popped already, or never allocated.
+    /// Inside the heap but at or above the top: freed and popped already, or never allocated.
     AboveTop,
     /// Inside the heap but not the start of a block (misaligned or no block header).
     NotABlock,
     /// The block is already free.
     DoubleFree,
+    /// A size word or footer below the freed block was overwritten (a buffer overflow).
+    Corrupted,
 }
 
 impl Invalid {
@@ -87,6 +101,7 @@ impl Invalid {
             Invalid::AboveTop => "above the bimp top: already freed, or never allocated",
             Invalid::NotABlock => "not the start of a bimp block",
             Invalid::DoubleFree => "double free: the bimp block is already free",
+            Invalid::Corrupted => "bimp heap corrupted below this block: a buffer overflow?",
         }
     }
 }
@@ -94,7 +109,7 @@ impl Invalid {
 /// Counters of a heap, computed by walking it ([`Heap::check`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Bytes from the base to the top: headers, padding, live and free blocks.
+    /// Bytes from the base to the top: size words, footers, padding, live and free blocks.
     pub top_bytes: usize,
     /// Payload bytes of live blocks (their usable sizes).
     pub live_bytes: usize,
@@ -115,19 +130,27 @@ pub struct Stats {
 /// Capacity recorded in a size word.
 #[inline(always)]
 const fn cap_of(word: usize) -> usize {
-    word & CAP_MASK & !FREE
+    word & CAP_MASK & !(ALIGN - 1)
 }
 
-/// Address of the size word of the block whose user pointer is `p`.
+/// Reads the word at address `at`.
+///
+/// # Safety
+/// `at` is 8-aligned and inside committed memory of a heap.
 #[inline(always)]
-fn size_word(p: usize) -> *mut usize {
-    (p - 16) as *mut usize
+unsafe fn rd(at: usize) -> usize {
+    // SAFETY: guaranteed by the caller.
+    unsafe { *(at as *const usize) }
 }
 
-/// Address of the link word of the block whose user pointer is `p`.
+/// Writes the word at address `at`.
+///
+/// # Safety
+/// `at` is 8-aligned, inside committed memory of a heap, and not part of a live block's payload.
 #[inline(always)]
-fn link_word(p: usize) -> *mut usize {
-    (p - 8) as *mut usize
+unsafe fn wr(at: usize, v: usize) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { *(at as *mut usize) = v }
 }
 
 /// Capacity of a block for a request of `n` bytes (`n <= BIMP_MAX_REQUEST`): at least one unit.
@@ -141,15 +164,17 @@ const fn capacity_for(n: usize) -> usize {
 /// `base` means "not initialised yet" (every pointer check fails and every allocation takes the slow
 /// path, which initialises).
 pub struct Heap {
-    /// End of the last block; the next block's header starts here.
+    /// End of the last block (footer included); the next block's size word starts here.
     top: usize,
     /// End of the committed part of the reservation.
     commit_end: usize,
-    /// User pointer of the last block (the sentinel when the heap is empty; [`NO_LAST`] before
-    /// initialisation).
+    /// Pointer of the last block: the sentinel when the heap is empty, [`NO_LAST`] before
+    /// initialisation.
     last: usize,
-    /// User pointer of the sentinel block.
+    /// Pointer of the sentinel block (its payload is empty; its footer starts here).
     base: usize,
+    /// Number of free blocks below the top: while it is 0, popping the top block cannot cascade.
+    nfree: usize,
     /// Highest top seen when the top last moved down (the current top may be higher).
     peak: usize,
     res_start: usize,
@@ -169,6 +194,7 @@ impl Heap {
             commit_end: 0,
             last: NO_LAST,
             base: 0,
+            nfree: 0,
             peak: 0,
             res_start: 0,
             res_end: 0,
@@ -183,34 +209,71 @@ impl Heap {
         h
     }
 
-    /// Writes the header of a block at `a` with capacity `cap` on top of the stack. `a + cap` must be
-    /// within the committed range and `a - HDR` at or above the top.
+    /// The top of an empty heap: the end of the sentinel.
     #[inline(always)]
-    fn place(&mut self, a: usize, cap: usize) -> NonNull<u8> {
-        // SAFETY: the caller checked that [a - HDR, a + cap) lies in the committed part of our
-        // reservation above the top, so the two header words belong to no live block.
+    fn floor(&self) -> usize {
+        self.base + FOOT
+    }
+
+    /// Writes a block at `a` with capacity `cap` and `pad` bytes of padding below its size word, on
+    /// top of the stack. The caller checked that `[top, a + cap + FOOT)` is committed.
+    #[inline(always)]
+    fn place(&mut self, a: usize, cap: usize, pad: usize) -> NonNull<u8> {
+        // SAFETY: the caller checked that [top, a + cap + FOOT) lies in the committed part of our
+        // reservation at or above the top, so these words belong to no live block.
         unsafe {
-            *size_word(a) = cap | HEAD;
-            *link_word(a) = a - self.last;
+            if pad != 0 {
+                wr(a - 16, pad);
+                wr(a - 8, cap | HEAD | PADDED);
+            } else {
+                wr(a - 8, cap | HEAD);
+            }
+            wr(a + cap, cap);
         }
         self.last = a;
-        self.top = a + cap;
+        self.top = a + cap + FOOT;
         // SAFETY: a > base > 0.
         unsafe { NonNull::new_unchecked(a as *mut u8) }
     }
 
     /// Allocates `size` bytes aligned to `BIMP_ALIGN` on top of the stack; `None` when the
-    /// reservation is exhausted or the OS refuses memory. Fast path: a bounds check and two stores.
+    /// reservation is exhausted or the OS refuses memory. Fast path: a bounds check and three stores.
     #[inline(always)]
     pub fn alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
         if size <= BIMP_MAX_REQUEST {
             let cap = capacity_for(size);
-            let a = self.top + HDR;
-            if a + cap <= self.commit_end {
-                return Some(self.place(a, cap));
+            let a = self.top + 8;
+            if a + cap + FOOT <= self.commit_end {
+                return Some(self.place(a, cap, 0));
             }
         }
         self.alloc_slow(size, ALIGN)
+    }
+
+    /// [`Heap::alloc`] for C: the pointer, or NULL with `errno` set to ENOMEM. The fast path ends in
+    /// a return or a tail call, so it needs no stack frame.
+    #[inline(always)]
+    pub fn alloc_c(&mut self, size: usize) -> *mut u8 {
+        if size <= BIMP_MAX_REQUEST {
+            let cap = capacity_for(size);
+            let a = self.top + 8;
+            if a + cap + FOOT <= self.commit_end {
+                return self.place(a, cap, 0).as_ptr();
+            }
+        }
+        self.alloc_slow_c(size)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow_c(&mut self, size: usize) -> *mut u8 {
+        match self.alloc_slow(size, ALIGN) {
+            Some(p) => p.as_ptr(),
+            None => {
+                os::set_errno(libc::ENOMEM);
+                core::ptr::null_mut()
+            }
+        }
     }
 
     /// Allocates `size` bytes aligned to `align` (a power of two); padding below the block is
@@ -223,9 +286,10 @@ impl Heap {
         }
         if size <= BIMP_MAX_REQUEST && align <= BIMP_MAX_REQUEST {
             let cap = capacity_for(size);
-            let a = (self.top + HDR + align - 1) & !(align - 1);
-            if a + cap <= self.commit_end {
-                return Some(self.place(a, cap));
+            let a = (self.top + 8 + align - 1) & !(align - 1);
+            if a + cap + FOOT <= self.commit_end {
+                let pad = a - 8 - self.top;
+                return Some(self.place(a, cap, pad));
             }
         }
         self.alloc_slow(size, align)
@@ -244,8 +308,8 @@ impl Heap {
         }
         let cap = capacity_for(size);
         let align = if align < ALIGN { ALIGN } else { align };
-        let a = (self.top + HDR + align - 1) & !(align - 1);
-        self.grow(a + cap)?;
+        let a = (self.top + 8 + align - 1) & !(align - 1);
+        self.grow(a + cap + FOOT)?;
         if align == ALIGN {
             self.alloc(size)
         } else {
@@ -287,7 +351,7 @@ impl Heap {
                 Err(_) => size = core::cmp::max((size / 2) & !(page - 1), BIMP_RESERVE_MIN),
             }
         };
-        let first = core::cmp::min(BIMP_COMMIT_CHUNK, size);
+        let first = core::cmp::min(core::cmp::max(BIMP_COMMIT_CHUNK, 2 * ALIGN), size);
         // SAFETY: the first `first` bytes (page multiple) of the reservation just made.
         if let Err(e) = unsafe { os::commit(start, first) } {
             // SAFETY: the reservation was never handed out.
@@ -298,31 +362,45 @@ impl Heap {
         self.res_start = s;
         self.res_end = s + size;
         self.commit_end = s + first;
-        self.base = s + HDR;
-        // SAFETY: the sentinel's header lies in the first committed chunk (HDR <= first).
+        self.base = s + ALIGN;
+        // SAFETY: the sentinel's size word and footer lie in [s, s + 2 * ALIGN), inside the first
+        // committed chunk.
         unsafe {
-            *size_word(self.base) = HEAD;
-            *link_word(self.base) = 0;
+            wr(self.base - 8, HEAD | SENTINEL);
+            wr(self.base, 0);
         }
         self.last = self.base;
-        self.top = self.base;
-        self.peak = self.base;
+        self.top = self.floor();
+        self.peak = self.top;
         Ok(())
     }
 
-    /// Checks that `a` is the user pointer of a live block; returns its size word (its capacity).
+    /// Checks that `a` is the pointer of a live block; returns its size word.
     #[inline(always)]
     fn validate(&self, a: usize) -> Result<usize, Invalid> {
-        // p in (base, top] and aligned: its header lies inside the heap, so it can be read.
+        // p in (base, top] and aligned: its size word lies inside the heap, so it can be read.
         if a.wrapping_sub(self.base + 1) < self.top.wrapping_sub(self.base) && a % ALIGN == 0 {
-            // SAFETY: base < a <= top and a is aligned, so [a - 16, a) lies in committed memory at or
-            // above the sentinel's header.
-            let word = unsafe { *size_word(a) };
+            // SAFETY: base < a <= top and a is aligned, so a - 8 lies in committed memory at or
+            // above the sentinel's size word.
+            let word = unsafe { rd(a - 8) };
             if word & (!CAP_MASK | FREE) == HEAD {
-                return Ok(cap_of(word));
+                return Ok(word);
             }
         }
         Err(self.classify(a))
+    }
+
+    /// [`Heap::validate`] without the explanation: `Err(())` for anything invalid.
+    #[inline(always)]
+    fn validate_fast(&self, a: usize) -> Result<usize, ()> {
+        if a.wrapping_sub(self.base + 1) < self.top.wrapping_sub(self.base) && a % ALIGN == 0 {
+            // SAFETY: as in validate.
+            let word = unsafe { rd(a - 8) };
+            if word & (!CAP_MASK | FREE) == HEAD {
+                return Ok(word);
+            }
+        }
+        Err(())
     }
 
     /// Says why `a` failed [`Heap::validate`].
@@ -332,14 +410,14 @@ impl Heap {
         if self.base == 0 || a <= self.base || a >= self.res_end {
             return Invalid::NotOurs;
         }
-        if a > self.top {
+        if a >= self.top {
             return Invalid::AboveTop;
         }
         if a % ALIGN != 0 {
             return Invalid::NotABlock;
         }
-        // SAFETY: as in validate: base < a <= top, aligned.
-        let word = unsafe { *size_word(a) };
+        // SAFETY: as in validate: base < a < top, aligned.
+        let word = unsafe { rd(a - 8) };
         if word & !CAP_MASK != HEAD {
             Invalid::NotABlock
         } else if word & FREE != 0 {
@@ -352,26 +430,53 @@ impl Heap {
     /// Frees the block at `p` (NULL is ignored). The top block is popped together with every free
     /// block beneath it; any other block is validated and marked free in O(1).
     ///
-    /// The top block needs no validation: `p == last` means it is the live block on top. (On an empty
-    /// heap `last` is the sentinel, and "freeing" the sentinel's address pops nothing: a no-op.)
+    /// The top block needs no validation: `p == last` means it is the live block on top.
     #[inline(always)]
     pub fn free(&mut self, p: *mut u8) -> Result<(), Invalid> {
         let a = p as usize;
         if a == self.last {
-            self.pop(a);
-            Ok(())
-        } else {
-            self.free_below(a)
+            if self.pop_fast(a) {
+                return Ok(());
+            }
+            return self.pop(a);
+        }
+        self.free_below(a)
+    }
+
+    /// [`Heap::free`] for C: an invalid pointer aborts with a one-line message naming `func`. The fast
+    /// path ends in a return or a tail call, so it needs no stack frame.
+    #[inline(always)]
+    pub fn free_c(&mut self, p: *mut u8, func: &'static str) {
+        let a = p as usize;
+        if a == self.last {
+            if self.pop_fast(a) {
+                return;
+            }
+        } else if let Ok(word) = self.validate_fast(a) {
+            // SAFETY: a is a validated live block.
+            unsafe { wr(a - 8, word | FREE) };
+            self.nfree += 1;
+            return;
+        }
+        self.free_slow_c(a, func)
+    }
+
+    #[inline(never)]
+    fn free_slow_c(&mut self, a: usize, func: &'static str) {
+        let r = if a == self.last { self.pop(a) } else { self.free_below(a) };
+        if let Err(e) = r {
+            crate::diag::invalid_pointer(func, a as *const u8, e.why());
         }
     }
 
     /// Frees a block that is not the top one: validate it and set its free bit.
-    #[inline]
+    #[inline(never)]
     fn free_below(&mut self, a: usize) -> Result<(), Invalid> {
         match self.validate(a) {
-            Ok(_) => {
+            Ok(word) => {
                 // SAFETY: a is a validated live block.
-                unsafe { *size_word(a) |= FREE };
+                unsafe { wr(a - 8, word | FREE) };
+                self.nfree += 1;
                 Ok(())
             }
             Err(_) if a == 0 => Ok(()),
@@ -379,29 +484,105 @@ impl Heap {
         }
     }
 
-    /// Pops the last block `a`, then every free block beneath it.
+    /// Start (lowest address, padding included) of the block at `a` whose size word is `word`.
+    ///
+    /// # Safety
+    /// `a` is a block of this heap.
     #[inline(always)]
-    fn pop(&mut self, a: usize) {
-        if self.top > self.peak {
-            self.peak = self.top;
+    unsafe fn start_of(a: usize, word: usize) -> usize {
+        if word & PADDED == 0 {
+            a - 8
+        } else {
+            // SAFETY: a padded block stores its padding length at a - 16.
+            a - 8 - unsafe { rd(a - 16) }
         }
-        let mut q = a;
-        let word = loop {
-            // SAFETY: q is a block of this heap (the last block, or reached through the links, which
-            // stop at the sentinel, a block that is never free); its header is in committed memory.
-            unsafe {
-                q -= *link_word(q);
-                let w = *size_word(q);
-                if w & FREE == 0 {
-                    break w;
-                }
+    }
+
+    /// The common pop: no block below the top is free (`nfree == 0`, so nothing cascades), the last
+    /// block `a` has no padding, and nothing needs decommitting. Returns false, having changed
+    /// nothing, otherwise ([`Heap::pop`] then does the general pop, out of line).
+    ///
+    /// The new top is `a - 8`, known without waiting for any load; the block below is not even read:
+    /// its footer gives the new `last`.
+    #[inline(always)]
+    fn pop_fast(&mut self, a: usize) -> bool {
+        // SAFETY: a is the last block (live by the invariants), so its size word and the footer of
+        // the block below (just under its start) are committed heap memory; each footer's value is
+        // range-checked before the word it leads to is read.
+        unsafe {
+            if rd(a - 8) & (PADDED | SENTINEL) != 0 {
+                return false;
             }
-        };
-        self.last = q;
-        self.top = q + (word & CAP_MASK);
+            let t = a - 8;
+            let fcap = rd(t - FOOT);
+            if self.nfree != 0 || fcap > t - FOOT - self.base {
+                return false;
+            }
+            if self.commit_end - t > BIMP_DECOMMIT_TRIGGER {
+                return false;
+            }
+            if self.top > self.peak {
+                self.peak = self.top;
+            }
+            self.last = t - FOOT - fcap;
+            self.top = t;
+        }
+        true
+    }
+
+    /// The general pop: the last block `a`, then every free block beneath it; decommits when the top
+    /// fell far enough. `Err(Corrupted)` when a footer or size word below was overwritten, and
+    /// `Err(NotOurs)` for the sentinel's address on an empty heap.
+    #[inline(never)]
+    fn pop(&mut self, a: usize) -> Result<(), Invalid> {
+        // SAFETY: a is the last block, so its size word can be read; the blocks below are found
+        // through footers, each range-checked to lie above the sentinel before it is followed.
+        unsafe {
+            let w0 = rd(a - 8);
+            if w0 & SENTINEL != 0 {
+                return Err(Invalid::NotOurs);
+            }
+            let mut t = Self::start_of(a, w0);
+            let mut popped = 0;
+            let q = loop {
+                let fcap = rd(t - FOOT);
+                if fcap > t - FOOT - self.base {
+                    return Err(Invalid::Corrupted);
+                }
+                let q = t - FOOT - fcap;
+                let w = rd(q - 8);
+                if w == HEAD | FREE | fcap {
+                    // A free block without padding: pop it too.
+                    popped += 1;
+                    t = q - 8;
+                } else if w == HEAD | fcap {
+                    // A live block: the popping stops here.
+                    break q;
+                } else if q == self.base {
+                    if w != HEAD | SENTINEL {
+                        return Err(Invalid::Corrupted);
+                    }
+                    break q;
+                } else if w == HEAD | FREE | PADDED | fcap {
+                    popped += 1;
+                    t = Self::start_of(q, w);
+                } else if w == HEAD | PADDED | fcap {
+                    break q;
+                } else {
+                    return Err(Invalid::Corrupted);
+                }
+            };
+            if self.top > self.peak {
+                self.peak = self.top;
+            }
+            self.nfree -= popped;
+            self.last = q;
+            self.top = t;
+        }
         if self.commit_end - self.top > BIMP_DECOMMIT_TRIGGER {
             self.decommit_slow();
         }
+        Ok(())
     }
 
     /// Gives the pages above `top + BIMP_DECOMMIT_KEEP` back to the OS.
@@ -424,21 +605,25 @@ impl Heap {
     #[inline]
     pub fn realloc(&mut self, p: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Invalid> {
         let a = p.as_ptr() as usize;
-        let size = self.validate(a)?;
+        let word = self.validate(a)?;
+        let size = cap_of(word);
         if n > BIMP_MAX_REQUEST {
             return Ok(None);
         }
         let cap = capacity_for(n);
         if a == self.last {
-            let end = a + cap;
+            let end = a + cap + FOOT;
             if end > self.commit_end && self.grow(end).is_none() {
                 return Ok(None);
             }
             if end < self.top && self.top > self.peak {
                 self.peak = self.top;
             }
-            // SAFETY: a is the validated last block and [a, end) is committed.
-            unsafe { *size_word(a) = cap | HEAD };
+            // SAFETY: a is the validated last block and [a - 8, end) is committed.
+            unsafe {
+                wr(a - 8, (word & !CAP_MASK) | (word & PADDED) | cap);
+                wr(a + cap, cap);
+            }
             self.top = end;
             if self.commit_end - self.top > BIMP_DECOMMIT_TRIGGER {
                 self.decommit_slow();
@@ -453,14 +638,15 @@ impl Heap {
         // bytes are its payload, and q holds at least `cap > size` bytes.
         unsafe {
             core::ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), size);
-            *size_word(a) |= FREE;
+            wr(a - 8, word | FREE);
         }
+        self.nfree += 1;
         Ok(Some(q))
     }
 
     /// Usable size of the live block at `p`.
     pub fn usable_size(&self, p: NonNull<u8>) -> Result<usize, Invalid> {
-        self.validate(p.as_ptr() as usize)
+        self.validate(p.as_ptr() as usize).map(cap_of)
     }
 
     /// Walks the whole heap, checks every invariant listed in the module documentation, and returns
@@ -476,65 +662,74 @@ impl Heap {
         }
         let page = os::page_size();
         if !(self.res_start < self.base
-            && self.base <= self.top
+            && self.floor() <= self.top
             && self.top <= self.commit_end
             && self.commit_end <= self.res_end)
         {
-            return Err("res_start < base <= top <= commit_end <= res_end does not hold");
+            return Err("res_start < base < top <= commit_end <= res_end does not hold");
         }
         if self.commit_end % page != 0 || self.res_start % page != 0 || self.res_end % page != 0 {
             return Err("commit or reservation bounds not page-aligned");
         }
-        if self.top % ALIGN != 0 || self.base % ALIGN != 0 {
+        if (self.top + 8) % ALIGN != 0 || self.base % ALIGN != 0 {
             return Err("top or base not aligned");
         }
-        // SAFETY: every address read below is a header of a block reached from `last` through links
-        // that are range-checked before they are followed; all of them lie in [base - 16, top).
+        // SAFETY: every address read below lies in [base - 8, top), range-checked before it is read.
         unsafe {
-            if *size_word(self.base) != HEAD || *link_word(self.base) != 0 {
-                return Err("sentinel header damaged");
+            if rd(self.base - 8) != HEAD | SENTINEL || rd(self.base) != 0 {
+                return Err("sentinel damaged");
             }
-            if self.last < self.base || self.last > self.top || self.last % ALIGN != 0 {
-                return Err("last block outside the heap");
-            }
-            let lsize = *size_word(self.last);
-            if self.last + cap_of(lsize) != self.top {
-                return Err("top is not the end of the last block");
-            }
-            if lsize & FREE != 0 {
-                return Err("the last block is free: it should have been popped");
-            }
-            let mut p = self.last;
-            while p != self.base {
-                let off = *link_word(p);
-                let word = *size_word(p);
-                if word & !CAP_MASK != HEAD {
-                    return Err("block header without the bimp tag");
+            let mut t = self.top;
+            let mut first = true;
+            while t != self.floor() {
+                if t < self.floor() + ALIGN {
+                    return Err("walk went below the sentinel");
                 }
-                let size = cap_of(word);
-                if size % ALIGN != 0 || size == 0 {
-                    return Err("block capacity not a positive multiple of BIMP_ALIGN");
+                let fcap = rd(t - FOOT);
+                if fcap > t - FOOT - self.base - 8 || fcap % ALIGN != 0 {
+                    return Err("footer out of range");
                 }
-                if off == 0 || off > p - self.base || off % ALIGN != 0 {
-                    return Err("link leaves the heap");
+                let q = t - FOOT - fcap;
+                let w = rd(q - 8);
+                if w & !CAP_MASK != HEAD || w & (ALIGN - 1) & !(FREE | PADDED) != 0 {
+                    return Err("size word without the bimp tag");
                 }
-                let prev = p - off;
-                let prev_end = prev + cap_of(*size_word(prev));
-                if prev_end + HDR > p {
-                    return Err("block overlaps the block below it");
+                if cap_of(w) != fcap || fcap == 0 {
+                    return Err("footer does not repeat the capacity");
                 }
-                if word & FREE != 0 {
+                if first {
+                    if self.last != q {
+                        return Err("last is not the top block");
+                    }
+                    if w & FREE != 0 {
+                        return Err("the top block is free: it should have been popped");
+                    }
+                    first = false;
+                }
+                if w & PADDED != 0 {
+                    let pad = rd(q - 16);
+                    if pad < ALIGN || pad % ALIGN != 0 || pad > q - 8 - self.floor() {
+                        return Err("bad padding length");
+                    }
+                }
+                if w & FREE != 0 {
                     st.free_blocks += 1;
-                    st.free_bytes += size;
+                    st.free_bytes += fcap;
                 } else {
                     st.live_blocks += 1;
-                    st.live_bytes += size;
+                    st.live_bytes += fcap;
                 }
-                p = prev;
+                t = Self::start_of(q, w);
+            }
+            if first && self.last != self.base {
+                return Err("empty heap whose last block is not the sentinel");
+            }
+            if st.free_blocks != self.nfree {
+                return Err("nfree does not count the free blocks");
             }
         }
-        st.top_bytes = self.top - self.base;
-        st.peak_top_bytes = core::cmp::max(self.peak, self.top) - self.base;
+        st.top_bytes = self.top - self.floor();
+        st.peak_top_bytes = core::cmp::max(self.peak, self.top) - self.floor();
         st.committed_bytes = self.commit_end - self.res_start;
         st.reserved_bytes = self.res_end - self.res_start;
         Ok(st)
@@ -662,8 +857,18 @@ global_op!(
     |h| h.alloc_aligned(size, align)
 );
 global_op!(
+    /// Allocates `size` bytes from the process-wide heap for C: the pointer, or NULL with `errno`
+    /// ENOMEM.
+    malloc_c, malloc_c_locked, (size: usize) -> *mut u8, |h| h.alloc_c(size)
+);
+global_op!(
     /// Frees a block of the process-wide heap (NULL is ignored).
     free, free_locked, (p: *mut u8) -> Result<(), Invalid>, |h| h.free(p)
+);
+global_op!(
+    /// Frees a block of the process-wide heap for C (NULL is ignored); an invalid pointer aborts with
+    /// a one-line message naming `func`.
+    free_c, free_c_locked, (p: *mut u8, func: &'static str) -> (), |h| h.free_c(p, func)
 );
 global_op!(
     /// Resizes a block of the process-wide heap; `Ok(None)`: out of memory, the block is untouched.

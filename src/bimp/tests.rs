@@ -66,10 +66,10 @@ impl Model {
     /// freed blocks below it remain, the counters agree, no two blocks overlap.
     fn compare(&mut self, h: &Heap) {
         let st = h.check().unwrap_or_else(|e| panic!("check failed: {e}"));
-        let expected_top = self.top_index().map(|i| self.live[i].p + self.live[i].cap).unwrap_or(h.base);
+        let expected_top = self.top_index().map(|i| self.live[i].p + self.live[i].cap + FOOT).unwrap_or(h.floor());
         assert_eq!(h.top, expected_top, "top is the end of the highest live block");
         self.freed.retain(|&(p, _)| p < expected_top);
-        assert_eq!(st.top_bytes, expected_top - h.base);
+        assert_eq!(st.top_bytes, expected_top - h.floor());
         assert_eq!(st.live_blocks, self.live.len());
         assert_eq!(st.live_bytes, self.live.iter().map(|b| b.cap).sum::<usize>());
         assert_eq!(st.free_blocks, self.freed.len(), "freed blocks still below the top");
@@ -77,7 +77,7 @@ impl Model {
         let mut spans: Vec<(usize, usize)> = self.live.iter().map(|b| (b.p, b.cap)).chain(self.freed.iter().copied()).collect();
         spans.sort();
         for w in spans.windows(2) {
-            assert!(w[0].0 + w[0].1 + HDR <= w[1].0, "blocks {:#x?} and {:#x?} overlap", w[0], w[1]);
+            assert!(w[0].0 + w[0].1 + FOOT + 8 <= w[1].0, "blocks {:#x?} and {:#x?} overlap", w[0], w[1]);
         }
         for b in &self.live {
             assert_eq!(h.usable_size(NonNull::new(b.p as *mut u8).unwrap()), Ok(b.cap));
@@ -109,7 +109,7 @@ fn model_run(seed: u64, steps: usize) {
             assert_eq!(p % align.max(ALIGN), 0, "alignment {align}");
             if old_top != 0 {
                 let a = align.max(ALIGN);
-                assert_eq!(p, (old_top + HDR + a - 1) & !(a - 1), "the block goes right above the old top");
+                assert_eq!(p, (old_top + 8 + a - 1) & !(a - 1), "the block goes right above the old top");
             }
             let b = Block { p, req: size, cap: capacity_for(size), fill: m.fill_byte() };
             fill(&b);
@@ -137,7 +137,7 @@ fn model_run(seed: u64, steps: usize) {
             } else if capacity_for(n) <= b.cap {
                 assert_eq!(q, b.p, "shrinking in place");
             } else {
-                assert_eq!(q, old_top + HDR, "a grown block moves to the top");
+                assert_eq!(q, old_top + 8, "a grown block moves to the top");
                 nb.cap = capacity_for(n);
                 m.freed.push((b.p, b.cap));
             }
@@ -204,7 +204,7 @@ fn pop_cascade_in_every_order_returns_to_the_start() {
     let sizes = [100, 200, 0, 5000, 48, 1];
     for order in permutations(sizes.len()) {
         let ps: Vec<usize> = sizes.iter().map(|&s| h.alloc(s).unwrap().as_ptr() as usize).collect();
-        let ends: Vec<usize> = ps.iter().zip(sizes).map(|(&p, s)| p + capacity_for(s)).collect();
+        let ends: Vec<usize> = ps.iter().zip(sizes).map(|(&p, s)| p + capacity_for(s) + FOOT).collect();
         let mut alive = [true; 6];
         for &i in &order {
             h.free(ps[i] as *mut u8).unwrap();
@@ -251,7 +251,7 @@ fn realloc_at_the_top_is_in_place_across_commit_chunks() {
     assert!(h.check().unwrap().committed_bytes >= n);
     let q = h.realloc(p, 10).unwrap().unwrap();
     assert_eq!(q, p);
-    assert_eq!(h.top, p.as_ptr() as usize + capacity_for(10));
+    assert_eq!(h.top, p.as_ptr() as usize + capacity_for(10) + FOOT);
     h.check().unwrap();
     h.free(p.as_ptr()).unwrap();
 }
@@ -279,11 +279,29 @@ fn invalid_pointers_are_classified() {
     assert_eq!(h.realloc(b, 10), Err(Invalid::DoubleFree));
     assert_eq!(h.usable_size(b), Err(Invalid::DoubleFree));
     h.free(c.as_ptr()).unwrap();
-    assert_eq!(h.top, a.as_ptr() as usize + capacity_for(64), "c and then b popped");
+    assert_eq!(h.top, a.as_ptr() as usize + capacity_for(64) + FOOT, "c and then b popped");
     assert_eq!(h.free(c.as_ptr()), Err(Invalid::AboveTop));
     h.check().unwrap();
     h.free(a.as_ptr()).unwrap();
     assert_eq!(h.free(a.as_ptr()), Err(Invalid::AboveTop));
+}
+
+#[test]
+fn an_overflow_into_a_footer_is_reported_when_popping() {
+    let mut h = Heap::new(16 << 20);
+    let a = h.alloc(32).unwrap();
+    let b = h.alloc(32).unwrap();
+    // SAFETY: deliberately writes 8 bytes past a's payload, into its footer (still our memory).
+    unsafe { core::ptr::write_bytes(a.as_ptr().add(32), 0x41, 8) };
+    assert!(h.check().is_err());
+    assert_eq!(h.free(b.as_ptr()), Err(Invalid::Corrupted));
+    let mut h = Heap::new(16 << 20);
+    let a = h.alloc(32).unwrap();
+    let b = h.alloc(32).unwrap();
+    h.free(a.as_ptr()).unwrap();
+    // SAFETY: deliberately overwrites a's footer with a capacity that points at b's payload.
+    unsafe { *(a.as_ptr().add(32) as *mut usize) = 16 };
+    assert_eq!(h.free(b.as_ptr()), Err(Invalid::Corrupted));
 }
 
 #[test]

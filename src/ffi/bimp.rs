@@ -41,16 +41,16 @@ fn invalid(func: &str, p: *mut c_void, e: bimp::Invalid) -> ! {
     crate::diag::invalid_pointer(func, p as *const u8, e.why())
 }
 
+/// Frees `p`, aborting with a message naming `func` when it is invalid (the abort happens inside
+/// [`bimp::free_c`], so that the fast path is a leaf function).
 #[inline(always)]
-fn free_named(func: &str, p: *mut c_void) {
-    if let Err(e) = bimp::free(p.cast()) {
-        invalid(func, p, e)
-    }
+fn free_named(func: &'static str, p: *mut c_void) {
+    bimp::free_c(p.cast(), func)
 }
 
 /// realloc with glibc semantics; `free_on_failure` gives BSD `reallocf`.
 #[inline]
-fn realloc_named(func: &str, p: *mut c_void, size: usize, free_on_failure: bool) -> *mut c_void {
+fn realloc_named(func: &'static str, p: *mut c_void, size: usize, free_on_failure: bool) -> *mut c_void {
     let Some(nn) = NonNull::new(p.cast::<u8>()) else { return out(bimp::malloc(size)) };
     if size == 0 {
         free_named(func, p);
@@ -80,7 +80,7 @@ fn calloc_impl(n: usize, size: usize) -> *mut c_void {
     }
 }
 
-fn reallocarray_named(func: &str, p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+fn reallocarray_named(func: &'static str, p: *mut c_void, n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
         Some(total) => realloc_named(func, p, total, false),
         None => fail(libc::ENOMEM),
@@ -150,7 +150,7 @@ fn usable_size_named(func: &str, p: *mut c_void) -> usize {
 /// `BIMP_SINGLE_THREADED`.
 #[no_mangle]
 pub extern "C" fn bimp_malloc(size: usize) -> *mut c_void {
-    out(bimp::malloc(size))
+    bimp::malloc_c(size).cast()
 }
 
 /// Allocates `n * size` zeroed bytes. Returns NULL with `errno` ENOMEM when the product overflows or
@@ -285,7 +285,7 @@ mod preload {
     /// `malloc` served by bimp.
     #[no_mangle]
     pub extern "C" fn malloc(size: usize) -> *mut c_void {
-        out(bimp::malloc(size))
+        bimp::malloc_c(size).cast()
     }
     /// `free` served by bimp.
     #[no_mangle]
@@ -350,7 +350,7 @@ mod preload {
     /// glibc's internal alias of `malloc`, called directly by a few programs.
     #[no_mangle]
     pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
-        out(bimp::malloc(size))
+        bimp::malloc_c(size).cast()
     }
     /// glibc's internal alias of `free`.
     #[no_mangle]
