@@ -498,12 +498,11 @@ impl Heap {
         }
     }
 
-    /// The common pop: no block below the top is free (`nfree == 0`, so nothing cascades), the last
-    /// block `a` has no padding, and nothing needs decommitting. Returns false, having changed
-    /// nothing, otherwise ([`Heap::pop`] then does the general pop, out of line).
-    ///
-    /// The new top is `a - 8`, known without waiting for any load; the block below is not even read:
-    /// its footer gives the new `last`.
+    /// The common pops: the last block `a` alone when no block below the top is free (`nfree == 0`:
+    /// the block below is not even read, its footer gives the new `last`, and the new top `a - 8` is
+    /// known without waiting for any load), or `a` and one free block directly beneath it above a
+    /// live one. Neither may have padding, and nothing may need decommitting. Returns false, having
+    /// changed nothing, otherwise ([`Heap::pop`] then does the general pop, out of line).
     #[inline(always)]
     fn pop_fast(&mut self, a: usize) -> bool {
         // SAFETY: a is the last block (live by the invariants), so its size word and the footer of
@@ -515,8 +514,11 @@ impl Heap {
             }
             let t = a - 8;
             let fcap = rd(t - FOOT);
-            if self.nfree != 0 || fcap > t - FOOT - self.base {
+            if fcap > t - FOOT - self.base {
                 return false;
+            }
+            if self.nfree != 0 {
+                return self.pop_fast_one_more(t, fcap);
             }
             if self.commit_end - t > BIMP_DECOMMIT_TRIGGER {
                 return false;
@@ -530,10 +532,39 @@ impl Heap {
         true
     }
 
+    /// The second case of [`Heap::pop_fast`]: the block ending at `t` (capacity `fcap`) must be free
+    /// and unpadded and the block below it live and unpadded; then both go.
+    #[inline(always)]
+    fn pop_fast_one_more(&mut self, t: usize, fcap: usize) -> bool {
+        // SAFETY: `fcap` was range-checked, so the block ending at `t` lies above the sentinel and
+        // its size word can be read; the next footer is range-checked the same way.
+        unsafe {
+            let q = t - FOOT - fcap;
+            if rd(q - 8) != HEAD | FREE | fcap {
+                return false;
+            }
+            let t = q - 8;
+            let fcap = rd(t - FOOT);
+            if fcap > t - FOOT - self.base
+                || rd(t - FOOT - fcap - 8) != HEAD | fcap
+                || self.commit_end - t > BIMP_DECOMMIT_TRIGGER
+            {
+                return false;
+            }
+            if self.top > self.peak {
+                self.peak = self.top;
+            }
+            self.nfree -= 1;
+            self.last = t - FOOT - fcap;
+            self.top = t;
+        }
+        true
+    }
+
     /// The general pop: the last block `a`, then every free block beneath it; decommits when the top
     /// fell far enough. `Err(Corrupted)` when a footer or size word below was overwritten, and
     /// `Err(NotOurs)` for the sentinel's address on an empty heap.
-    #[inline(never)]
+    #[inline(always)]
     fn pop(&mut self, a: usize) -> Result<(), Invalid> {
         // SAFETY: a is the last block, so its size word can be read; the blocks below are found
         // through footers, each range-checked to lie above the sentinel before it is followed.
@@ -642,6 +673,46 @@ impl Heap {
         }
         self.nfree += 1;
         Ok(Some(q))
+    }
+
+    /// [`Heap::realloc`] for C, for `p` not NULL and `n` not 0: the new pointer, or NULL with `errno`
+    /// ENOMEM (the block untouched); an invalid `p` aborts with a message naming `func`. Fast path:
+    /// the top block growing within the committed memory, a few instructions and two stores.
+    #[inline(always)]
+    pub fn realloc_c(&mut self, p: *mut u8, n: usize, func: &'static str) -> *mut u8 {
+        let a = p as usize;
+        if a == self.last && n <= BIMP_MAX_REQUEST {
+            let cap = capacity_for(n);
+            let end = a + cap + FOOT;
+            if end <= self.commit_end && end >= self.top {
+                // SAFETY: a is the last block (live by the invariants, and not the sentinel: a
+                // block's end is at least a + ALIGN + FOOT above the sentinel's end, the top); its
+                // new extent [a, end) is committed and lies at or above the old top's footer.
+                unsafe {
+                    let w = rd(a - 8);
+                    if w & SENTINEL == 0 {
+                        wr(a - 8, (w & !(CAP_MASK & !(ALIGN - 1))) | cap);
+                        wr(a + cap, cap);
+                        self.top = end;
+                        return p;
+                    }
+                }
+            }
+        }
+        self.realloc_slow_c(p, n, func)
+    }
+
+    #[inline(never)]
+    fn realloc_slow_c(&mut self, p: *mut u8, n: usize, func: &'static str) -> *mut u8 {
+        let Some(nn) = NonNull::new(p) else { return self.alloc_c(n) };
+        match self.realloc(nn, n) {
+            Ok(Some(q)) => q.as_ptr(),
+            Ok(None) => {
+                os::set_errno(libc::ENOMEM);
+                core::ptr::null_mut()
+            }
+            Err(e) => crate::diag::invalid_pointer(func, p, e.why()),
+        }
     }
 
     /// Usable size of the live block at `p`.
@@ -874,6 +945,11 @@ global_op!(
     /// Resizes a block of the process-wide heap; `Ok(None)`: out of memory, the block is untouched.
     realloc, realloc_locked, (p: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Invalid>,
     |h| h.realloc(p, n)
+);
+global_op!(
+    /// Resizes a block of the process-wide heap for C (`p` not NULL, `n` not 0): the new pointer, or
+    /// NULL with `errno` ENOMEM; an invalid `p` aborts with a message naming `func`.
+    realloc_c, realloc_c_locked, (p: *mut u8, n: usize, func: &'static str) -> *mut u8, |h| h.realloc_c(p, n, func)
 );
 global_op!(
     /// Usable size of a live block of the process-wide heap.

@@ -105,7 +105,11 @@ fn model_run(seed: u64, steps: usize) {
             let size = random_size(&mut rng);
             let align = if op < 8 { 1 << (4 + rng.below(10)) } else { ALIGN };
             let old_top = if h.base == 0 { 0 } else { h.top };
-            let p = h.alloc_aligned(size, align).expect("alloc").as_ptr() as usize;
+            let p = if align == ALIGN && rng.below(2) == 0 {
+                h.alloc_c(size) as usize
+            } else {
+                h.alloc_aligned(size, align).expect("alloc").as_ptr() as usize
+            };
             assert_eq!(p % align.max(ALIGN), 0, "alignment {align}");
             if old_top != 0 {
                 let a = align.max(ALIGN);
@@ -119,7 +123,11 @@ fn model_run(seed: u64, steps: usize) {
             let i = if rng.below(2) == 0 { m.top_index().unwrap() } else { rng.below(m.live.len()) };
             let b = m.live.swap_remove(i);
             verify(&b, b.req);
-            h.free(b.p as *mut u8).expect("free");
+            if rng.below(2) == 0 {
+                h.free_c(b.p as *mut u8, "model");
+            } else {
+                h.free(b.p as *mut u8).expect("free");
+            }
             m.freed.push((b.p, b.cap));
         } else if op < 95 {
             // realloc: the top block half of the time, else any
@@ -128,8 +136,12 @@ fn model_run(seed: u64, steps: usize) {
             let is_top = Some(i) == m.top_index();
             let n = 1 + random_size(&mut rng);
             let old_top = h.top;
-            let q = h.realloc(NonNull::new(b.p as *mut u8).unwrap(), n).expect("valid").expect("memory");
-            let q = q.as_ptr() as usize;
+            let q = if rng.below(2) == 0 {
+                h.realloc_c(b.p as *mut u8, n, "model") as usize
+            } else {
+                h.realloc(NonNull::new(b.p as *mut u8).unwrap(), n).expect("valid").expect("memory").as_ptr() as usize
+            };
+            assert_ne!(q, 0);
             let mut nb = Block { p: q, req: n, cap: b.cap, fill: b.fill };
             if is_top {
                 assert_eq!(q, b.p, "the top block is resized in place");

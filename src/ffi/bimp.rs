@@ -51,21 +51,21 @@ fn free_named(func: &'static str, p: *mut c_void) {
 /// realloc with glibc semantics; `free_on_failure` gives BSD `reallocf`.
 #[inline]
 fn realloc_named(func: &'static str, p: *mut c_void, size: usize, free_on_failure: bool) -> *mut c_void {
-    let Some(nn) = NonNull::new(p.cast::<u8>()) else { return out(bimp::malloc(size)) };
+    if p.is_null() {
+        return bimp::malloc_c(size).cast();
+    }
     if size == 0 {
         free_named(func, p);
         return null_mut();
     }
-    match bimp::realloc(nn, size) {
-        Ok(Some(q)) => q.as_ptr().cast(),
-        Ok(None) => {
-            if free_on_failure {
-                free_named(func, p);
-            }
-            fail(libc::ENOMEM)
-        }
-        Err(e) => invalid(func, p, e),
+    let q = bimp::realloc_c(p.cast(), size, func);
+    if q.is_null() && free_on_failure {
+        // The block is untouched by the failure: free it, keeping realloc's errno.
+        let e = os::errno();
+        free_named(func, p);
+        os::set_errno(e);
     }
+    q.cast()
 }
 
 fn calloc_impl(n: usize, size: usize) -> *mut c_void {
