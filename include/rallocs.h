@@ -91,6 +91,10 @@ void *bimp_calloc(size_t n, size_t size);
  *
  * A pointer that bimp did not return, or a block already freed, aborts the process with one line on
  * stderr: `rallocs: bimp_free(): invalid pointer 0x... (reason)`.
+ *
+ * # Safety
+ * `p` is NULL or any pointer value: bimp checks it (see above); a pointer that bimp
+ * returned must not be used after this call.
  */
 void bimp_free(void *p);
 
@@ -100,18 +104,28 @@ void bimp_free(void *p);
  * `p` NULL: same as `bimp_malloc(size)`. `size` 0 (with `p` not NULL): frees `p` and returns NULL.
  * On failure returns NULL with `errno` ENOMEM and leaves `p` allocated and unchanged. An invalid `p`
  * aborts as in `bimp_free`.
+ *
+ * # Safety
+ * `p` is NULL or a pointer returned by a `bimp_*` allocation function and not yet freed
+ * (other values are detected and abort, as far as bimp can tell).
  */
 void *bimp_realloc(void *p, size_t size);
 
 /**
  * `bimp_realloc(p, n * size)`, but returns NULL with `errno` ENOMEM (leaving `p` unchanged) when
  * `n * size` overflows.
+ *
+ * # Safety
+ * as for `bimp_realloc`.
  */
 void *bimp_reallocarray(void *p, size_t n, size_t size);
 
 /**
  * Like `bimp_realloc`, but when it fails the block is freed (BSD `reallocf`): the caller never has to
  * free `p` after this call. Returns NULL with `errno` ENOMEM on failure.
+ *
+ * # Safety
+ * as for `bimp_realloc`.
  */
 void *bimp_reallocf(void *p, size_t size);
 
@@ -133,6 +147,9 @@ void *bimp_memalign(size_t alignment, size_t size);
  * Stores in `*memptr` a block of `size` bytes aligned to `alignment` and returns 0. Returns EINVAL
  * when `alignment` is not a power of two multiple of `sizeof(void *)` (or `memptr` is NULL), ENOMEM
  * when memory runs out; on failure `*memptr` and `errno` are left unchanged.
+ *
+ * # Safety
+ * `memptr` is NULL or points to writable storage for one pointer.
  */
 int bimp_posix_memalign(void **memptr, size_t alignment, size_t size);
 
@@ -150,6 +167,9 @@ void *bimp_pvalloc(size_t size);
 /**
  * Returns the number of usable bytes of the live block `p` (at least the size requested: requests are
  * rounded up to `bimp_alignment()`), or 0 for NULL. An invalid `p` aborts as in `bimp_free`.
+ *
+ * # Safety
+ * as for `bimp_realloc`.
  */
 size_t bimp_malloc_usable_size(void *p);
 
@@ -169,6 +189,9 @@ bool bimp_thread_safe(void);
  * Fills `*out` with the counters of the bimp heap (NULL: does nothing). Walks every block below the
  * top, so it costs O(blocks): meant for tests and diagnostics, not for hot paths. Thread-safe (a
  * consistent snapshot).
+ *
+ * # Safety
+ * `out` is NULL or points to writable storage for one `bimp_stats_t`.
  */
 void bimp_stats_get(struct bimp_stats_t *out);
 

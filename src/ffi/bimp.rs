@@ -166,6 +166,10 @@ pub extern "C" fn bimp_calloc(n: usize, size: usize) -> *mut c_void {
 ///
 /// A pointer that bimp did not return, or a block already freed, aborts the process with one line on
 /// stderr: `rallocs: bimp_free(): invalid pointer 0x... (reason)`.
+///
+/// # Safety
+/// `p` is NULL or any pointer value: bimp checks it (see above); a pointer that bimp
+/// returned must not be used after this call.
 #[no_mangle]
 pub unsafe extern "C" fn bimp_free(p: *mut c_void) {
     free_named("bimp_free", p)
@@ -176,6 +180,10 @@ pub unsafe extern "C" fn bimp_free(p: *mut c_void) {
 /// `p` NULL: same as `bimp_malloc(size)`. `size` 0 (with `p` not NULL): frees `p` and returns NULL.
 /// On failure returns NULL with `errno` ENOMEM and leaves `p` allocated and unchanged. An invalid `p`
 /// aborts as in `bimp_free`.
+///
+/// # Safety
+/// `p` is NULL or a pointer returned by a `bimp_*` allocation function and not yet freed
+/// (other values are detected and abort, as far as bimp can tell).
 #[no_mangle]
 pub unsafe extern "C" fn bimp_realloc(p: *mut c_void, size: usize) -> *mut c_void {
     realloc_named("bimp_realloc", p, size, false)
@@ -183,6 +191,9 @@ pub unsafe extern "C" fn bimp_realloc(p: *mut c_void, size: usize) -> *mut c_voi
 
 /// `bimp_realloc(p, n * size)`, but returns NULL with `errno` ENOMEM (leaving `p` unchanged) when
 /// `n * size` overflows.
+///
+/// # Safety
+/// as for `bimp_realloc`.
 #[no_mangle]
 pub unsafe extern "C" fn bimp_reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
     reallocarray_named("bimp_reallocarray", p, n, size)
@@ -190,6 +201,9 @@ pub unsafe extern "C" fn bimp_reallocarray(p: *mut c_void, n: usize, size: usize
 
 /// Like `bimp_realloc`, but when it fails the block is freed (BSD `reallocf`): the caller never has to
 /// free `p` after this call. Returns NULL with `errno` ENOMEM on failure.
+///
+/// # Safety
+/// as for `bimp_realloc`.
 #[no_mangle]
 pub unsafe extern "C" fn bimp_reallocf(p: *mut c_void, size: usize) -> *mut c_void {
     realloc_named("bimp_reallocf", p, size, true)
@@ -214,6 +228,9 @@ pub extern "C" fn bimp_memalign(alignment: usize, size: usize) -> *mut c_void {
 /// Stores in `*memptr` a block of `size` bytes aligned to `alignment` and returns 0. Returns EINVAL
 /// when `alignment` is not a power of two multiple of `sizeof(void *)` (or `memptr` is NULL), ENOMEM
 /// when memory runs out; on failure `*memptr` and `errno` are left unchanged.
+///
+/// # Safety
+/// `memptr` is NULL or points to writable storage for one pointer.
 #[no_mangle]
 pub unsafe extern "C" fn bimp_posix_memalign(memptr: *mut *mut c_void, alignment: usize, size: usize) -> c_int {
     posix_memalign_impl(memptr, alignment, size)
@@ -234,6 +251,9 @@ pub extern "C" fn bimp_pvalloc(size: usize) -> *mut c_void {
 
 /// Returns the number of usable bytes of the live block `p` (at least the size requested: requests are
 /// rounded up to `bimp_alignment()`), or 0 for NULL. An invalid `p` aborts as in `bimp_free`.
+///
+/// # Safety
+/// as for `bimp_realloc`.
 #[no_mangle]
 pub unsafe extern "C" fn bimp_malloc_usable_size(p: *mut c_void) -> usize {
     usable_size_named("bimp_malloc_usable_size", p)
@@ -256,6 +276,9 @@ pub extern "C" fn bimp_thread_safe() -> bool {
 /// Fills `*out` with the counters of the bimp heap (NULL: does nothing). Walks every block below the
 /// top, so it costs O(blocks): meant for tests and diagnostics, not for hot paths. Thread-safe (a
 /// consistent snapshot).
+///
+/// # Safety
+/// `out` is NULL or points to writable storage for one `bimp_stats_t`.
 #[no_mangle]
 pub unsafe extern "C" fn bimp_stats_get(out: *mut bimp_stats_t) {
     if out.is_null() {
@@ -288,11 +311,17 @@ mod preload {
         bimp::malloc_c(size).cast()
     }
     /// `free` served by bimp.
+    ///
+    /// # Safety
+    /// As `bimp_free`; the same holds for every unsafe function of this module.
     #[no_mangle]
     pub unsafe extern "C" fn free(p: *mut c_void) {
         free_named("free", p)
     }
     /// `cfree` (obsolete alias of `free`).
+    ///
+    /// # Safety
+    /// As for the `bimp_*` function it forwards to.
     #[no_mangle]
     pub unsafe extern "C" fn cfree(p: *mut c_void) {
         free_named("cfree", p)
@@ -303,16 +332,25 @@ mod preload {
         calloc_impl(n, size)
     }
     /// `realloc` served by bimp.
+    ///
+    /// # Safety
+    /// As for the `bimp_*` function it forwards to.
     #[no_mangle]
     pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         realloc_named("realloc", p, size, false)
     }
     /// `reallocarray` served by bimp.
+    ///
+    /// # Safety
+    /// As for the `bimp_*` function it forwards to.
     #[no_mangle]
     pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
         reallocarray_named("reallocarray", p, n, size)
     }
     /// BSD `reallocf` served by bimp.
+    ///
+    /// # Safety
+    /// As for the `bimp_*` function it forwards to.
     #[no_mangle]
     pub unsafe extern "C" fn reallocf(p: *mut c_void, size: usize) -> *mut c_void {
         realloc_named("reallocf", p, size, true)
@@ -328,6 +366,9 @@ mod preload {
         memalign_impl(align, size)
     }
     /// `posix_memalign` served by bimp.
+    ///
+    /// # Safety
+    /// As for the `bimp_*` function it forwards to.
     #[no_mangle]
     pub unsafe extern "C" fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int {
         posix_memalign_impl(memptr, align, size)
@@ -343,6 +384,9 @@ mod preload {
         pvalloc_impl(size)
     }
     /// `malloc_usable_size` served by bimp.
+    ///
+    /// # Safety
+    /// As for the `bimp_*` function it forwards to.
     #[no_mangle]
     pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
         usable_size_named("malloc_usable_size", p)
@@ -353,6 +397,9 @@ mod preload {
         bimp::malloc_c(size).cast()
     }
     /// glibc's internal alias of `free`.
+    ///
+    /// # Safety
+    /// As for the `bimp_*` function it forwards to.
     #[no_mangle]
     pub unsafe extern "C" fn __libc_free(p: *mut c_void) {
         free_named("free", p)
@@ -363,6 +410,9 @@ mod preload {
         calloc_impl(n, size)
     }
     /// glibc's internal alias of `realloc`.
+    ///
+    /// # Safety
+    /// As for the `bimp_*` function it forwards to.
     #[no_mangle]
     pub unsafe extern "C" fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void {
         realloc_named("realloc", p, size, false)
