@@ -93,8 +93,9 @@ void *bimp_calloc(size_t n, size_t size);
  * stderr: `rallocs: bimp_free(): invalid pointer 0x... (reason)`.
  *
  * # Safety
- * `p` is NULL or any pointer value: bimp checks it (see above); a pointer that bimp
- * returned must not be used after this call.
+ * `p` is NULL or a pointer returned by a `bimp_*` allocation function and not yet freed. The
+ * violations above are detected; a stale pointer whose memory was popped and handed out again
+ * cannot be told from the new block.
  */
 void bimp_free(void *p);
 

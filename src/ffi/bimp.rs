@@ -168,8 +168,9 @@ pub extern "C" fn bimp_calloc(n: usize, size: usize) -> *mut c_void {
 /// stderr: `rallocs: bimp_free(): invalid pointer 0x... (reason)`.
 ///
 /// # Safety
-/// `p` is NULL or any pointer value: bimp checks it (see above); a pointer that bimp
-/// returned must not be used after this call.
+/// `p` is NULL or a pointer returned by a `bimp_*` allocation function and not yet freed. The
+/// violations above are detected; a stale pointer whose memory was popped and handed out again
+/// cannot be told from the new block.
 #[no_mangle]
 pub unsafe extern "C" fn bimp_free(p: *mut c_void) {
     free_named("bimp_free", p)
