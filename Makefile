@@ -115,6 +115,7 @@ install: all
 	ln -sf $(SO) $(DESTDIR)$(LIBDIR)/librallocs.so.$(MAJOR)
 	ln -sf librallocs.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/librallocs.so
 	install -m 644 $(BUILD)/librallocs.a $(DESTDIR)$(LIBDIR)/librallocs.a
+	install -m 755 $(BUILD)/librallocs-bimp.so $(DESTDIR)$(LIBDIR)/librallocs-bimp.so
 	install -m 644 include/rallocs.h $(DESTDIR)$(INCLUDEDIR)/rallocs.h
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	  -e 's|@VERSION@|$(VERSION)|' -e "s|@NATIVE_STATIC_LIBS@|$$(cat $(BUILD)/native-static-libs)|" \
@@ -122,7 +123,8 @@ install: all
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/$(SO) $(DESTDIR)$(LIBDIR)/librallocs.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/librallocs.so \
-	  $(DESTDIR)$(LIBDIR)/librallocs.a $(DESTDIR)$(INCLUDEDIR)/rallocs.h $(DESTDIR)$(PKGCONFIGDIR)/rallocs.pc
+	  $(DESTDIR)$(LIBDIR)/librallocs.a $(DESTDIR)$(INCLUDEDIR)/rallocs.h $(DESTDIR)$(PKGCONFIGDIR)/rallocs.pc \
+	  $(DESTDIR)$(LIBDIR)/librallocs-bimp.so
 
 clean:
 	$(CARGO) clean
