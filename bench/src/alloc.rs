@@ -255,6 +255,16 @@ impl Alloc for Region {
     }
 }
 
+extern "C" {
+    fn bimp_malloc(size: usize) -> *mut c_void;
+    fn bimp_free(p: *mut c_void);
+    fn bimp_realloc(p: *mut c_void, size: usize) -> *mut c_void;
+    fn bimp_calloc(n: usize, size: usize) -> *mut c_void;
+    fn bimp_aligned_alloc(align: usize, size: usize) -> *mut c_void;
+}
+
+c_alloc!(Bimp, bimp_malloc, bimp_free, bimp_realloc, bimp_calloc, |a, s| bimp_aligned_alloc(a, s));
+
 // RALLOCS-FAMILIES (adapters are added here as each family lands on main)
 
 // ---------------------------------------------------------------------------------------------------
@@ -285,6 +295,7 @@ pub const ALLOCATORS: &[(&str, Kind)] = &[
     ("rpmalloc", Kind::Peer),
     ("rallocs", Kind::Rallocs),
     ("region", Kind::RallocsLocal),
+    ("bimp", Kind::Stack),
     // RALLOCS-LIST
 ];
 
@@ -317,6 +328,10 @@ macro_rules! with_alloc {
             }
             "region" => {
                 let $a: &'static Region = &Region;
+                $body
+            }
+            "bimp" => {
+                let $a: &'static Bimp = &Bimp;
                 $body
             }
             // RALLOCS-DISPATCH
