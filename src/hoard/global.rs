@@ -70,6 +70,8 @@ pub struct GlobalStats {
     pub remote_frees_no_heap: AtomicU64,
     /// Bytes of those.
     pub remote_bytes_no_heap: AtomicU64,
+    /// Bytes of remote frees collected into global superblocks by `sweep`.
+    pub collected_by_sweep: AtomicU64,
 }
 
 /// The process-wide counters.
@@ -83,6 +85,7 @@ pub static STATS: GlobalStats = GlobalStats {
     trims: AtomicU64::new(0),
     remote_frees_no_heap: AtomicU64::new(0),
     remote_bytes_no_heap: AtomicU64::new(0),
+    collected_by_sweep: AtomicU64::new(0),
 };
 
 /// Adds to the committed bytes and raises the peak.
@@ -402,7 +405,9 @@ fn sweep(g: &mut Global) -> usize {
             // SAFETY: nodes of the global lists are superblocks the global heap owns; we hold its lock.
             let r = unsafe { &mut *sb };
             let next = r.next;
-            r.collect_remote();
+            let n = r.collect_remote();
+            // Relaxed: statistics (the bytes leave the remote-free accounts here, as in Heap::collect).
+            STATS.collected_by_sweep.fetch_add(n as u64 * r.block_size as u64, Ordering::Relaxed);
             if r.used == 0 {
                 // SAFETY: sb is on partial[c].
                 unsafe { g.partial[c].remove(sb) };
@@ -447,6 +452,7 @@ pub fn sum_heaps() -> (usize, u64, u64, u64) {
     // Relaxed: statistics.
     remote += STATS.remote_frees_no_heap.load(Ordering::Relaxed);
     remote_bytes += STATS.remote_bytes_no_heap.load(Ordering::Relaxed);
+    collected += STATS.collected_by_sweep.load(Ordering::Relaxed);
     // Blocks freed remotely but not yet collected still count in their owner's `in_use`; blocks in
     // global superblocks are not in any heap's `in_use`.
     let mut global_live = 0usize;

@@ -216,7 +216,9 @@ pub fn free(span: usize) {
     LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
     LIVE_BYTES.fetch_sub(len - offset, Ordering::Relaxed);
     FREES.fetch_add(1, Ordering::Relaxed);
-    if map_base == span && offset < SUPERBLOCK_SIZE && put_cached(span, len) {
+    // With a purge delay of 0 nothing is kept: the span goes back at once.
+    let keep = crate::options::PURGE_DELAY_MS.get() != 0;
+    if keep && map_base == span && offset < SUPERBLOCK_SIZE && put_cached(span, len) {
         return;
     }
     // SAFETY: the block is dead and the mapping is ours.
