@@ -2,7 +2,8 @@
 #
 #   make              librallocs.so.$(VERSION) (+ symlinks), librallocs.a and rallocs.pc in build/,
 #                     and a check that include/rallocs.h matches the sources
-#   make test         everything: Rust unit tests, ABI check, library checks, C tests, install test
+#   make test         everything: Rust unit tests, ABI check, library checks, C tests, install test,
+#                     real programs under LD_PRELOAD
 #   make install      PREFIX=/usr/local DESTDIR= (also LIBDIR, INCLUDEDIR, PKGCONFIGDIR)
 #   make uninstall    the same variables
 #   make header       regenerate include/rallocs.h after changing an extern "C" item
@@ -28,7 +29,7 @@ DESTDIR ?=
 BUILD := build
 SO := librallocs.so.$(VERSION)
 
-.PHONY: all lib header check-header test unit-test abi-test check-lib c-tests install-test install uninstall clean
+.PHONY: all lib header check-header test unit-test abi-test check-lib c-tests preload-test install-test install uninstall clean
 
 all: lib check-header $(BUILD)/rallocs.pc
 
@@ -60,7 +61,7 @@ check-header: lib
 header: lib
 	cp target/include/rallocs.h include/rallocs.h
 
-test: all unit-test abi-test check-lib install-test c-tests
+test: all unit-test abi-test check-lib install-test c-tests preload-test
 
 # Unit and model tests. `override` is off so the test harness itself keeps glibc's malloc.
 unit-test:
@@ -77,6 +78,10 @@ install-test: all
 
 c-tests: all
 	CC="$(CC)" CXX="$(CXX)" c-tests/run.sh $(BUILD)
+
+# python3, git, gcc and sort under LD_PRELOAD=librallocs.so give the same output as without it.
+preload-test: all
+	scripts/preload-test.sh $(BUILD)
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)

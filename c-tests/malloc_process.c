@@ -1,0 +1,306 @@
+/* malloc_process.c: the allocator through a process's life.
+ *
+ *   1. Thread churn: 10,000 short-lived threads (8 at a time) allocate, free some of their blocks, leave
+ *      others to the main thread (freed after their owner exited) and exit. The footprint stays flat:
+ *      committed bytes and the number of heaps after 10,000 threads are those after the first 1,000
+ *      (plus a small slack), and live bytes are back at the start.
+ *   2. fork() from a multithreaded parent while 4 other threads allocate and free: the child allocates
+ *      (also from a new thread) and exits 0; the parent goes on allocating. 20 times. Each child has an
+ *      alarm, the parent one for the whole part: a deadlock fails the test instead of hanging it.
+ *   3. Out of memory: in a forked child under setrlimit(RLIMIT_AS) (what `ulimit -v` sets), malloc,
+ *      calloc, realloc, aligned_alloc and posix_memalign fail with NULL/ENOMEM (realloc leaving the
+ *      block intact) and never crash; after freeing, allocation works again. */
+#define _GNU_SOURCE
+#include <rallocs.h>
+
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+
+void rallocs_stats_get(rallocs_stats_t *out);
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+
+static uint64_t next_rand(uint64_t *s) {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* ---- 1. Thread churn ---- */
+enum { CHURN_THREADS = 10000, AT_ONCE = 8, KEEP = 4, BLOCKS = 24 };
+
+typedef struct churn {
+    pthread_t th;
+    uint64_t seed;
+    void *left[KEEP]; /* handed to the main thread, freed after this thread exited */
+    int bad;
+} churn_t;
+
+static void *churn_thread(void *arg) {
+    churn_t *c = arg;
+    void *b[BLOCKS];
+    for (int i = 0; i < BLOCKS; i++) {
+        size_t sz = i == 0 ? 64 * KiB + 1 : 1 + (size_t)(next_rand(&c->seed) % 4096);
+        b[i] = malloc(sz);
+        if (!b[i]) {
+            c->bad = 1;
+            continue;
+        }
+        memset(b[i], i, sz < 256 ? sz : 256);
+    }
+    for (int i = 0; i < BLOCKS; i++) {
+        if (b[i] && ((unsigned char *)b[i])[0] != (unsigned char)i) c->bad = 1;
+        if (i < KEEP) c->left[i] = b[i];
+        else free(b[i]);
+    }
+    return NULL;
+}
+
+static void test_churn(void) {
+    static churn_t c[AT_ONCE];
+    rallocs_stats_t s0, s1000, s_end;
+    rallocs_stats_get(&s0);
+    int create_failed = 0, bad = 0;
+    for (int done = 0; done < CHURN_THREADS; done += AT_ONCE) {
+        for (int i = 0; i < AT_ONCE; i++) {
+            c[i].seed = 0x9E3779B97F4A7C15ULL + (uint64_t)(done + i) * 7919;
+            if (pthread_create(&c[i].th, NULL, churn_thread, &c[i]) != 0) create_failed++;
+        }
+        for (int i = 0; i < AT_ONCE; i++) {
+            pthread_join(c[i].th, NULL);
+            bad += c[i].bad;
+            for (int k = 0; k < KEEP; k++) free(c[i].left[k]);
+        }
+        if (done + AT_ONCE == 1000) rallocs_stats_get(&s1000);
+    }
+    rallocs_stats_get(&s_end);
+    printf("malloc_process: churn: committed %.1f MiB after 1,000 threads, %.1f MiB after 10,000; heaps %zu -> %zu; "
+           "live %zu -> %zu; mallocs %llu\n",
+           s1000.committed_bytes / (double)MiB, s_end.committed_bytes / (double)MiB, s1000.heaps, s_end.heaps,
+           s0.live_bytes, s_end.live_bytes, (unsigned long long)(s_end.mallocs - s0.mallocs));
+    CHECK("churn-threads-created", create_failed == 0);
+    CHECK("churn-blocks-ok", bad == 0);
+    CHECK("churn-mallocs-counted", s_end.mallocs - s0.mallocs >= (uint64_t)CHURN_THREADS * BLOCKS);
+    CHECK("churn-committed-flat", s_end.committed_bytes <= s1000.committed_bytes + 4 * MiB);
+    CHECK("churn-reserved-flat", s_end.reserved_bytes <= s1000.reserved_bytes + 64 * MiB);
+    CHECK("churn-heaps-flat", s_end.heaps <= s1000.heaps + AT_ONCE);
+    CHECK("churn-live-back", s_end.live_bytes <= s0.live_bytes + 64 * KiB && s_end.live_bytes + 64 * KiB >= s0.live_bytes);
+}
+
+/* ---- 2. fork from a multithreaded parent ---- */
+static atomic_int stop_busy;
+static atomic_ulong busy_ops;
+
+static void *busy_thread(void *arg) {
+    uint64_t r = (uint64_t)(uintptr_t)arg * 0x100000001B3ULL + 1;
+    void *keep[64] = {0};
+    while (!atomic_load_explicit(&stop_busy, memory_order_relaxed)) {
+        unsigned k = (unsigned)(next_rand(&r) % 64);
+        free(keep[k]);
+        uint64_t c = next_rand(&r) % 100;
+        size_t sz = c < 90 ? 1 + (size_t)(next_rand(&r) % 512) : c < 99 ? 1 + (size_t)(next_rand(&r) % (64 * KiB))
+                                                                        : 1 + (size_t)(next_rand(&r) % (2 * MiB));
+        keep[k] = malloc(sz);
+        if (keep[k]) memset(keep[k], 1, sz < 64 ? sz : 64);
+        atomic_fetch_add_explicit(&busy_ops, 1, memory_order_relaxed);
+    }
+    for (int k = 0; k < 64; k++) free(keep[k]);
+    return NULL;
+}
+
+static void *child_thread(void *arg) {
+    (void)arg;
+    int bad = 0;
+    for (int i = 0; i < 1000; i++) {
+        char *p = malloc((size_t)(i % 700) + 1);
+        if (!p) return (void *)1;
+        p[0] = 1;
+        free(p);
+    }
+    return (void *)(intptr_t)bad;
+}
+
+static int child_work(void) {
+    alarm(10); /* a deadlock in the child ends with SIGALRM */
+    int bad = 0;
+    enum { N = 2000 };
+    static char *b[N];
+    for (int i = 0; i < N; i++) {
+        size_t sz = i % 100 == 0 ? 300 * KiB : (size_t)(i % 1000) + 1;
+        b[i] = malloc(sz);
+        if (!b[i]) {
+            bad++;
+            continue;
+        }
+        memset(b[i], (int)(i & 0xff), sz < 128 ? sz : 128);
+    }
+    pthread_t t;
+    void *tr = (void *)1;
+    if (pthread_create(&t, NULL, child_thread, NULL) == 0) pthread_join(t, &tr);
+    if (tr != NULL) bad++;
+    for (int i = 0; i < N; i++) {
+        if (b[i] && (unsigned char)b[i][0] != (unsigned char)(i & 0xff)) bad++;
+        b[i] = realloc(b[i], 50);
+        free(b[i]);
+    }
+    void *z = calloc(1000, 1000);
+    if (!z || ((char *)z)[999999] != 0) bad++;
+    free(z);
+    return bad;
+}
+
+static void test_fork(void) {
+    enum { BUSY = 4, FORKS = 20 };
+    pthread_t t[BUSY];
+    atomic_store(&stop_busy, 0);
+    for (int i = 0; i < BUSY; i++) pthread_create(&t[i], NULL, busy_thread, (void *)(uintptr_t)(i + 1));
+    alarm(120); /* the parent: a deadlock kills the whole test */
+    int ok = 0, parent_ok = 1;
+    for (int i = 0; i < FORKS; i++) {
+        /* let the busy threads get going again between forks */
+        unsigned long before = atomic_load(&busy_ops);
+        while (atomic_load(&busy_ops) < before + 2000) sched_yield();
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) _exit(child_work() ? 1 : 0);
+        /* the parent allocates at the same time as its child */
+        for (int k = 0; k < 1000; k++) {
+            char *p = malloc((size_t)(k % 500) + 1);
+            if (!p) parent_ok = 0;
+            else p[0] = 0;
+            free(p);
+        }
+        int st = 0;
+        if (pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0) ok++;
+        else fprintf(stderr, "malloc_process: fork %d: child status 0x%x (signal %d)\n", i, st,
+                     WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    }
+    atomic_store(&stop_busy, 1);
+    for (int i = 0; i < BUSY; i++) pthread_join(t[i], NULL);
+    alarm(0);
+    printf("malloc_process: fork: %d of %d children allocated and exited 0 (%lu busy-thread ops meanwhile)\n", ok,
+           (int)FORKS, (unsigned long)atomic_load(&busy_ops));
+    CHECK("fork-children-ok", ok == FORKS);
+    CHECK("fork-parent-allocates", parent_ok);
+    void *p = malloc(100);
+    CHECK("fork-parent-after", p != NULL);
+    free(p);
+}
+
+/* ---- 3. Out of memory ---- */
+static size_t vm_size(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    if (f) {
+        if (fscanf(f, "%lu", &pages) != 1) pages = 0;
+        fclose(f);
+    }
+    return (size_t)pages * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+#define OOM_CHECK(name, expr)                                                                      \
+    do {                                                                                           \
+        if (!(expr)) {                                                                             \
+            fprintf(stderr, "malloc_process: oom child: %s failed: %s\n", name, #expr);            \
+            fails++;                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static volatile size_t vbig = 512 * MiB;
+
+static int oom_child(void) {
+    alarm(60);
+    int fails = 0;
+    size_t vm = vm_size();
+    struct rlimit rl = {vm + 256 * MiB, vm + 256 * MiB};
+    if (vm == 0 || setrlimit(RLIMIT_AS, &rl) != 0) {
+        fprintf(stderr, "malloc_process: oom child: setrlimit failed\n");
+        return 1;
+    }
+    enum { MAXB = 4096 };
+    static char *big[MAXB];
+    size_t nbig = 0;
+    errno = 0;
+    while (nbig < MAXB) {
+        char *p = malloc(MiB);
+        if (!p) break;
+        p[0] = p[MiB - 1] = 1;
+        big[nbig++] = p;
+    }
+    OOM_CHECK("1MiB-blocks-eventually-fail", nbig < MAXB);
+    OOM_CHECK("1MiB-failure-is-ENOMEM", errno == ENOMEM);
+    OOM_CHECK("some-1MiB-blocks-succeeded", nbig >= 16);
+    /* small blocks until the heap is exhausted too */
+    static char *small[1 << 22];
+    size_t nsmall = 0;
+    errno = 0;
+    while (nsmall < (1u << 22)) {
+        char *p = malloc(64);
+        if (!p) break;
+        p[0] = 1;
+        small[nsmall++] = p;
+    }
+    OOM_CHECK("small-blocks-eventually-fail", nsmall < (1u << 22));
+    OOM_CHECK("small-failure-is-ENOMEM", errno == ENOMEM);
+    errno = 0;
+    OOM_CHECK("calloc-oom", calloc(1, vbig) == NULL && errno == ENOMEM);
+    errno = 0;
+    OOM_CHECK("aligned_alloc-oom", aligned_alloc(MiB, vbig) == NULL && errno == ENOMEM);
+    errno = 0;
+    OOM_CHECK("memalign-oom", memalign(64 * MiB, vbig / 8) == NULL && errno == ENOMEM);
+    void *pm = (void *)0x10;
+    errno = 4242;
+    OOM_CHECK("posix_memalign-oom", posix_memalign(&pm, 4096, vbig) == ENOMEM && pm == (void *)0x10 && errno == 4242);
+    if (nbig > 0) {
+        memset(big[0], 0x3c, MiB);
+        errno = 0;
+        void *q = realloc(big[0], vbig);
+        OOM_CHECK("realloc-oom", q == NULL && errno == ENOMEM);
+        int intact = 1;
+        for (size_t i = 0; i < MiB; i++) intact &= big[0][i] == 0x3c;
+        OOM_CHECK("realloc-oom-block-intact", intact);
+    }
+    /* give it all back: allocation works again */
+    for (size_t i = 0; i < nsmall; i++) free(small[i]);
+    for (size_t i = 0; i < nbig; i++) free(big[i]);
+    char *a = malloc(100), *b = malloc(8 * MiB);
+    OOM_CHECK("malloc-after-oom", a != NULL && b != NULL);
+    if (b) memset(b, 1, 8 * MiB);
+    free(a);
+    free(b);
+    fprintf(stderr, "malloc_process: oom child: %zu x 1 MiB and %zu x 64 B before ENOMEM\n", nbig, nsmall);
+    return fails;
+}
+
+static void test_oom(void) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) _exit(oom_child() ? 1 : 0);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        fprintf(stderr, "malloc_process: oom child status 0x%x (signal %d)\n", st, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    CHECK("oom-child-no-crash", WIFEXITED(st));
+    CHECK("oom-child-checks-passed", WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+int main(void) {
+    test_churn();
+    test_fork();
+    test_oom();
+    return check_summary();
+}
