@@ -587,7 +587,7 @@ static void test_stats_moves(void) {
     CK("stats-large-block-counted", s1.large_blocks >= 1 && s1.large_bytes >= 32 * MiB);
     CK("stats-large-committed", s1.committed_bytes >= s1.live_bytes && s1.committed_bytes >= 32 * MiB);
     CK("stats-large-reserved", s1.reserved_bytes >= s1.committed_bytes);
-    CK("stats-large-peak", s1.peak_committed_bytes >= s0.committed_bytes + 32 * MiB - 32 * MiB / 8);
+    CK("stats-large-peak", s1.peak_committed_bytes >= s1.committed_bytes && s1.peak_committed_bytes >= 32 * MiB);
     A->free(p);
     s2 = stats();
     CK("stats-large-live-back", s2.live_bytes == s0.live_bytes);
