@@ -17,7 +17,10 @@
 pub mod config;
 pub mod diag;
 pub mod ffi;
+pub mod hoard;
+pub mod options;
 pub mod os;
+pub mod size_class;
 pub mod sync;
 
 /// The crate version as a NUL-terminated string, as `rallocs_version()` returns it.

@@ -265,10 +265,16 @@ pub unsafe fn release(p: NonNull<u8>, len: usize) -> OsResult<()> {
 }
 
 /// Writes all of `bytes` to standard error with `write(2)`, retrying on short writes; never allocates.
-pub fn write_stderr(mut bytes: &[u8]) {
+pub fn write_stderr(bytes: &[u8]) {
+    write_fd(2, bytes)
+}
+
+/// Writes all of `bytes` to file descriptor `fd`, retrying on short writes; never allocates. Errors
+/// (a closed descriptor) end the write silently: diagnostics must not fail.
+pub fn write_fd(fd: i32, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         // SAFETY: the pointer and length describe a live slice.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if n > 0 {
             bytes = &bytes[n as usize..];
         } else if n < 0 && errno() == libc::EINTR {
