@@ -7,7 +7,10 @@
  *   2. fork() from a multithreaded parent while 4 other threads allocate and free: the child allocates
  *      (also from a new thread) and exits 0; the parent goes on allocating. 20 times. Each child has an
  *      alarm, the parent one for the whole part: a deadlock fails the test instead of hanging it.
- *   3. Out of memory: in a forked child under setrlimit(RLIMIT_AS) (what `ulimit -v` sets), malloc,
+ *   3. Blocks of a thread that exited, freed by another thread: the memory comes back. rallocs_trim
+ *      returns it to the OS (returns 1, committed falls back near the start), and a new thread that
+ *      allocates as much again reuses it instead of committing more.
+ *   4. Out of memory: in a forked child under setrlimit(RLIMIT_AS) (what `ulimit -v` sets), malloc,
  *      calloc, realloc, aligned_alloc and posix_memalign fail with NULL/ENOMEM (realloc leaving the
  *      block intact) and never crash; after freeing, allocation works again. */
 #define _GNU_SOURCE
@@ -29,6 +32,7 @@
 #include "check.h"
 
 void rallocs_stats_get(rallocs_stats_t *out);
+int rallocs_trim(void);
 
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
@@ -201,7 +205,62 @@ static void test_fork(void) {
     free(p);
 }
 
-/* ---- 3. Out of memory ---- */
+/* ---- 3. A dead owner's blocks ---- */
+enum { HOG_BLOCKS = 120000 };
+static void *hog_blocks[HOG_BLOCKS];
+static size_t hog_n;
+
+typedef struct hog {
+    size_t lo, span, bytes;
+} hog_t;
+
+static void *hog_thread(void *arg) { /* allocates ~48 MiB in sizes lo .. lo+span, then exits */
+    hog_t *h = arg;
+    h->bytes = 0;
+    for (hog_n = 0; hog_n < HOG_BLOCKS && h->bytes < 48 * MiB; hog_n++) {
+        size_t sz = h->lo + hog_n * 7919 % h->span;
+        hog_blocks[hog_n] = malloc(sz);
+        if (hog_blocks[hog_n]) {
+            memset(hog_blocks[hog_n], 0x11, sz);
+            h->bytes += sz;
+        }
+    }
+    return NULL;
+}
+
+static void test_dead_owner(void) {
+    rallocs_stats_t s0, s1, s2, s3, s4;
+    rallocs_trim();
+    rallocs_stats_get(&s0);
+    hog_t h1 = {16, 1008, 0}, h2 = {1040, 3000, 0}; /* the second generation uses other size classes */
+    pthread_t t;
+    pthread_create(&t, NULL, hog_thread, &h1);
+    pthread_join(t, NULL);
+    for (size_t i = 0; i < hog_n; i++) free(hog_blocks[i]); /* the owner is gone */
+    rallocs_stats_get(&s1);
+    int r = rallocs_trim();
+    rallocs_stats_get(&s2);
+    /* as much again from a new thread, freed by main again: the first generation's memory is reused */
+    pthread_create(&t, NULL, hog_thread, &h2);
+    pthread_join(t, NULL);
+    rallocs_stats_get(&s3);
+    for (size_t i = 0; i < hog_n; i++) free(hog_blocks[i]);
+    rallocs_trim();
+    rallocs_stats_get(&s4);
+    printf("malloc_process: dead owner: %.1f MiB allocated by a thread that exited, freed by main: committed "
+           "%.1f -> %.1f MiB, trim returned %d -> %.1f MiB; second generation (%.1f MiB, other classes) peak "
+           "%.1f MiB, after trim %.1f MiB\n",
+           h1.bytes / (double)MiB, s0.committed_bytes / (double)MiB, s1.committed_bytes / (double)MiB, r,
+           s2.committed_bytes / (double)MiB, h2.bytes / (double)MiB, s3.peak_committed_bytes / (double)MiB,
+           s4.committed_bytes / (double)MiB);
+    CHECK("dead-owner-live-back", s1.live_bytes <= s0.live_bytes + 64 * KiB);
+    CHECK("dead-owner-trim-returns-1", r == 1);
+    CHECK("dead-owner-trim-releases", s2.committed_bytes <= s0.committed_bytes + 8 * MiB);
+    CHECK("dead-owner-memory-reused", s3.peak_committed_bytes <= s1.peak_committed_bytes + 16 * MiB);
+    CHECK("dead-owner-second-trim-releases", s4.committed_bytes <= s0.committed_bytes + 8 * MiB);
+}
+
+/* ---- 4. Out of memory ---- */
 static size_t vm_size(void) {
     FILE *f = fopen("/proc/self/statm", "r");
     unsigned long pages = 0;
@@ -301,6 +360,7 @@ static void test_oom(void) {
 int main(void) {
     test_churn();
     test_fork();
+    test_dead_owner();
     test_oom();
     return check_summary();
 }
