@@ -22,6 +22,9 @@
  *     mmap, glibc's own malloc) aborts with SIGABRT and exactly one line
  *     `rallocs: <function>(): invalid pointer 0x<ptr> (<why>)` on stderr (the test re-executes itself).
  *
+ * Also: malloc from a constructor (before main), glibc's __libc_* aliases are rallocs, realloc of
+ * over-aligned blocks, many malloc(0) are all distinct.
+ *
  * Plus a prototype redeclaration of every rallocs_* function of the family (a mismatch with rallocs.h
  * fails to compile) and _Static_asserts on the layout of rallocs_stats_t. */
 #define _GNU_SOURCE
@@ -66,6 +69,13 @@ void rallocs_stats_print(int fd);
 void cfree(void *ptr);
 void free_sized(void *ptr, size_t size);
 void free_aligned_sized(void *ptr, size_t alignment, size_t size);
+
+/* glibc's internal names, which the override exports as aliases too (some programs call them). */
+void *__libc_malloc(size_t size);
+void __libc_free(void *ptr);
+void *__libc_calloc(size_t nmemb, size_t size);
+void *__libc_realloc(void *ptr, size_t size);
+void *__libc_memalign(size_t alignment, size_t size);
 
 /* ---- Layout of rallocs_stats_t ---- */
 #define FIELD_IS(field, type) _Generic(((rallocs_stats_t *)0)->field, type: 1, default: 0)
@@ -195,6 +205,11 @@ typedef struct blk {
 static int cmp_blk(const void *a, const void *b) {
     const blk_t *x = a, *y = b;
     return x->p < y->p ? -1 : x->p > y->p;
+}
+
+static int cmp_ptr(const void *a, const void *b) {
+    const char *x = *(char *const *)a, *y = *(char *const *)b;
+    return x < y ? -1 : x > y;
 }
 
 /* All sizes live at once: aligned, usable >= size, writable to the usable size, disjoint. */
@@ -667,6 +682,69 @@ static void test_reports(void) {
     CHECK("malloc_stats-writes-stderr", n > 0);
 }
 
+/* A constructor runs before main (and before any constructor of a C++ program would): malloc works. */
+static char *early_block;
+static size_t early_usable;
+__attribute__((constructor)) static void early_malloc(void) {
+    early_block = malloc(1000);
+    if (early_block) {
+        memset(early_block, 0x42, 1000);
+        early_usable = malloc_usable_size(early_block);
+    }
+}
+
+static void test_misc(void) {
+    CHECK("constructor-malloc", early_block != NULL && early_usable >= 1000 &&
+                                    early_block[999] == 0x42 && rallocs_malloc_usable_size(early_block) == early_usable);
+    rallocs_stats_t s0 = stats();
+    rallocs_free(early_block);
+    rallocs_stats_t s1 = stats();
+    CHECK("constructor-block-freed", s0.live_bytes - s1.live_bytes == early_usable);
+
+    /* __libc_* are the same allocator */
+    s0 = stats();
+    char *a = __libc_malloc(300), *b = __libc_calloc(10, 30), *c = __libc_memalign(256, 300);
+    char *d = __libc_realloc(NULL, 300);
+    s1 = stats();
+    CHECK("__libc_aliases-work", a && b && c && d && aligned(c, 256) && all_zero(b, 300));
+    CHECK("__libc_aliases-are-rallocs", s1.mallocs - s0.mallocs == 4 &&
+                                            s1.live_bytes - s0.live_bytes == rallocs_malloc_usable_size(a) +
+                                                rallocs_malloc_usable_size(b) + rallocs_malloc_usable_size(c) +
+                                                rallocs_malloc_usable_size(d));
+    free(a);
+    rallocs_free(b);
+    __libc_free(c);
+    __libc_free(d);
+    rallocs_stats_t s2 = stats();
+    CHECK("__libc_free-frees", s2.live_bytes == s0.live_bytes);
+
+    for (int w = 0; w < 2; w++) {
+        A = &apis[w];
+        /* realloc of an over-aligned block: contents kept, at least 16-aligned */
+        int ok = 1;
+        for (size_t al = 32; al <= 1 << 20; al *= 4) {
+            char *p = A->aligned_alloc(al, 3000);
+            if (!p) { ok = 0; continue; }
+            fill(p, 3000, (uint32_t)al);
+            char *q = A->realloc(p, 5000);
+            ok &= q && aligned(q, 16) && intact(q, 3000, (uint32_t)al);
+            char *r = q ? A->realloc(q, 100) : NULL;
+            ok &= r && intact(r, 100, (uint32_t)al);
+            A->free(r ? r : q);
+        }
+        CK("realloc-of-aligned-block", ok);
+        /* many malloc(0): all distinct */
+        enum { Z = 1000 };
+        static char *z[Z], *zs[Z];
+        for (int i = 0; i < Z; i++) zs[i] = z[i] = A->malloc(0);
+        qsort(zs, Z, sizeof *zs, cmp_ptr);
+        int distinct = zs[0] != NULL;
+        for (int i = 1; i < Z; i++) distinct &= zs[i] != zs[i - 1];
+        CK("malloc(0)x1000-distinct", distinct);
+        for (int i = 0; i < Z; i++) A->free(z[i]);
+    }
+}
+
 /* ---- Invalid free: run in a child process (this program re-executed). ---- */
 static const char *exe_path(void) {
     const char *e = getenv("RALLOCS_TEST_EXE");
@@ -788,6 +866,7 @@ int main(int argc, char **argv) {
         test_trim();
     }
     test_reports();
+    test_misc();
     test_invalid_frees();
     return check_summary();
 }

@@ -4,8 +4,11 @@
  *      others to the main thread (freed after their owner exited) and exit. The footprint stays flat:
  *      committed bytes and the number of heaps after 10,000 threads are those after the first 1,000
  *      (plus a small slack), and live bytes are back at the start.
+ *      Also: 256 threads alive at once, each allocating; thread-exit destructors of the program (pthread
+ *      keys created after rallocs' own) that malloc and free while their thread is being torn down.
  *   2. fork() from a multithreaded parent while 4 other threads allocate and free: the child allocates
- *      (also from a new thread) and exits 0; the parent goes on allocating. 20 times. Each child has an
+ *      (also from a new thread) and exits 0; the parent goes on allocating. 20 times. The program's own
+ *      pthread_atfork handlers malloc and free in prepare, parent and child. Each child has an
  *      alarm, the parent one for the whole part: a deadlock fails the test instead of hanging it.
  *   3. Blocks of a thread that exited, freed by another thread: the memory comes back. rallocs_trim
  *      returns it to the OS (returns 1, committed falls back near the start), and a new thread that
@@ -105,6 +108,116 @@ static void test_churn(void) {
     CHECK("churn-live-back", s_end.live_bytes <= s0.live_bytes + 64 * KiB && s_end.live_bytes + 64 * KiB >= s0.live_bytes);
 }
 
+/* 256 threads alive at the same time, each with its own blocks (and heap). */
+enum { CROWD = 256 };
+static pthread_barrier_t crowd_barrier;
+static atomic_int crowd_bad;
+
+static void *crowd_thread(void *arg) {
+    uintptr_t id = (uintptr_t)arg;
+    char *b[16];
+    for (int i = 0; i < 16; i++) {
+        b[i] = malloc(16 + (size_t)i * 40 + id % 7);
+        if (b[i]) memset(b[i], (int)(id & 0xff), 16);
+        else atomic_fetch_add(&crowd_bad, 1);
+    }
+    pthread_barrier_wait(&crowd_barrier);
+    for (int i = 0; i < 16; i++) {
+        if (b[i] && (unsigned char)b[i][15] != (unsigned char)(id & 0xff)) atomic_fetch_add(&crowd_bad, 1);
+        free(b[i]);
+    }
+    return NULL;
+}
+
+static int crowd_round(pthread_attr_t *attr) {
+    static pthread_t t[CROWD];
+    pthread_barrier_init(&crowd_barrier, NULL, CROWD);
+    int created = 0;
+    for (uintptr_t i = 0; i < CROWD; i++) created += pthread_create(&t[i], attr, crowd_thread, (void *)i) == 0;
+    for (int i = 0; i < CROWD; i++) pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&crowd_barrier);
+    return created;
+}
+
+static void test_crowd(void) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 128 * KiB);
+    rallocs_stats_t s0, s1, s2;
+    rallocs_stats_get(&s0);
+    /* The first round also fills glibc's stack cache (each cached stack keeps a small calloc'ed DTV); the
+     * second round reuses those stacks, and must reuse rallocs' heaps too. */
+    int created = crowd_round(&attr);
+    rallocs_stats_get(&s1);
+    created += crowd_round(&attr);
+    rallocs_stats_get(&s2);
+    pthread_attr_destroy(&attr);
+    printf("malloc_process: %d threads alive at once, twice: heaps %zu -> %zu -> %zu, live %zu -> %zu -> %zu\n",
+           CROWD, s0.heaps, s1.heaps, s2.heaps, s0.live_bytes, s1.live_bytes, s2.live_bytes);
+    CHECK("crowd-created", created == 2 * CROWD);
+    CHECK("crowd-blocks-ok", atomic_load(&crowd_bad) == 0);
+    CHECK("crowd-heaps-reused", s2.heaps <= s1.heaps);
+    CHECK("crowd-live-back", s2.live_bytes <= s1.live_bytes + 16 * KiB && s1.live_bytes <= s0.live_bytes + CROWD * KiB);
+    CHECK("crowd-committed-flat", s2.committed_bytes <= s1.committed_bytes + 4 * MiB);
+}
+
+/* Thread-exit destructors of the program allocate and free after rallocs' own destructor may have run. */
+enum { DTOR_THREADS = 64 };
+static pthread_key_t user_key;
+static void *dtor_leftover[DTOR_THREADS];
+static atomic_int dtor_runs, dtor_bad;
+
+static void user_dtor(void *v) {
+    char *p = v;
+    if ((unsigned char)p[0] != 0x5a) atomic_fetch_add(&dtor_bad, 1);
+    int slot = p[1];
+    free(p);
+    for (int i = 0; i < 50; i++) { /* a busy destructor */
+        char *q = malloc((size_t)i * 24 + 1);
+        if (!q) atomic_fetch_add(&dtor_bad, 1);
+        else q[0] = 1;
+        free(q);
+    }
+    dtor_leftover[slot] = malloc(777); /* outlives its thread: main frees it */
+    if (dtor_leftover[slot]) memset(dtor_leftover[slot], 0x77, 777);
+    atomic_fetch_add(&dtor_runs, 1);
+}
+
+static void *dtor_thread(void *arg) {
+    char *p = malloc(64);
+    if (!p) return NULL;
+    p[0] = 0x5a;
+    p[1] = (char)(intptr_t)arg;
+    pthread_setspecific(user_key, p);
+    void *tmp = malloc(5000);
+    free(tmp);
+    return NULL;
+}
+
+static void test_exit_destructors(void) {
+    void *warm = malloc(1); /* rallocs is initialised (its key created) before ours */
+    free(warm);
+    pthread_key_create(&user_key, user_dtor);
+    rallocs_stats_t s0, s1;
+    rallocs_stats_get(&s0);
+    for (intptr_t i = 0; i < DTOR_THREADS; i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, dtor_thread, (void *)i);
+        pthread_join(t, NULL);
+    }
+    int ok = 1;
+    for (int i = 0; i < DTOR_THREADS; i++) {
+        unsigned char *p = dtor_leftover[i];
+        ok &= p != NULL && p[0] == 0x77 && p[776] == 0x77;
+        free(p);
+    }
+    rallocs_stats_get(&s1);
+    pthread_key_delete(user_key);
+    CHECK("exit-destructors-ran", atomic_load(&dtor_runs) == DTOR_THREADS && atomic_load(&dtor_bad) == 0);
+    CHECK("exit-destructor-blocks-ok", ok);
+    CHECK("exit-destructors-no-leak", s1.live_bytes <= s0.live_bytes + 64 * KiB);
+}
+
 /* ---- 2. fork from a multithreaded parent ---- */
 static atomic_int stop_busy;
 static atomic_ulong busy_ops;
@@ -167,7 +280,28 @@ static int child_work(void) {
     return bad;
 }
 
+/* The program's own fork handlers allocate too. */
+static atomic_int atfork_bad;
+static void *atfork_block;
+static void atfork_prepare(void) {
+    atfork_block = malloc(123);
+    if (!atfork_block) atomic_fetch_add(&atfork_bad, 1);
+}
+static void atfork_parent(void) {
+    free(atfork_block);
+    void *p = malloc(4000);
+    if (!p) atomic_fetch_add(&atfork_bad, 1);
+    free(p);
+}
+static void atfork_child(void) {
+    free(atfork_block);
+    void *p = malloc(4000);
+    if (!p) _exit(3);
+    free(p);
+}
+
 static void test_fork(void) {
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     enum { BUSY = 4, FORKS = 20 };
     pthread_t t[BUSY];
     atomic_store(&stop_busy, 0);
@@ -200,6 +334,7 @@ static void test_fork(void) {
            (int)FORKS, (unsigned long)atomic_load(&busy_ops));
     CHECK("fork-children-ok", ok == FORKS);
     CHECK("fork-parent-allocates", parent_ok);
+    CHECK("fork-handlers-allocate", atomic_load(&atfork_bad) == 0);
     void *p = malloc(100);
     CHECK("fork-parent-after", p != NULL);
     free(p);
@@ -359,6 +494,8 @@ static void test_oom(void) {
 
 int main(void) {
     test_churn();
+    test_crowd();
+    test_exit_destructors();
     test_fork();
     test_dead_owner();
     test_oom();

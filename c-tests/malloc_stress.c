@@ -12,6 +12,10 @@
  *   - every block is filled with a pattern derived from its address and size, checked before every free
  *     and realloc; the tail between the request and the usable size is scribbled on too (any overlap
  *     with another block shows up in that block's pattern); 16-byte alignment of every pointer;
+ *   - before the stress, Hoard's false-sharing guarantees: blocks of threads that are alive at the same
+ *     time never share a 64-byte cache line (active false sharing), and a block freed by a thread other
+ *     than its owner goes back to the owner's superblock, never to the freeing thread's next malloc
+ *     (passive false sharing);
  *   - at the end live_bytes is back at its baseline (no leak: a few KiB of slack for what glibc's own
  *     thread machinery keeps, never the megabytes a lost block list would show), mallocs - frees equal,
  *     and remote frees were counted. */
@@ -241,6 +245,108 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* ---- False sharing ---- */
+#define LINE 64
+enum { FS_THREADS = 8, FS_BLOCKS = 2000 };
+typedef struct fs_rec {
+    uintptr_t addr;
+    size_t usable;
+    int tid;
+} fs_rec_t;
+static fs_rec_t fs_recs[FS_THREADS * FS_BLOCKS];
+static pthread_barrier_t fs_barrier;
+
+static void *fs_thread(void *arg) {
+    int tid = (int)(intptr_t)arg;
+    uint64_t r = 77 + (uint64_t)tid;
+    void *b[FS_BLOCKS];
+    pthread_barrier_wait(&fs_barrier); /* everyone allocates at the same time */
+    for (int i = 0; i < FS_BLOCKS; i++) {
+        size_t sz = 1 + (size_t)(rng_next(&r) % 64);
+        b[i] = malloc(sz);
+        if (b[i]) memset(b[i], tid, sz);
+        fs_recs[tid * FS_BLOCKS + i] = (fs_rec_t){(uintptr_t)b[i], b[i] ? malloc_usable_size(b[i]) : 0, tid};
+    }
+    pthread_barrier_wait(&fs_barrier); /* all alive until every thread has allocated */
+    pthread_barrier_wait(&fs_barrier); /* main checked */
+    for (int i = 0; i < FS_BLOCKS; i++) free(b[i]);
+    return NULL;
+}
+static int cmp_rec(const void *a, const void *b) {
+    const fs_rec_t *x = a, *y = b;
+    return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+static void test_active_false_sharing(void) {
+    pthread_t t[FS_THREADS];
+    pthread_barrier_init(&fs_barrier, NULL, FS_THREADS + 1);
+    for (int i = 0; i < FS_THREADS; i++) pthread_create(&t[i], NULL, fs_thread, (void *)(intptr_t)i);
+    pthread_barrier_wait(&fs_barrier);
+    pthread_barrier_wait(&fs_barrier);
+    static fs_rec_t sorted[FS_THREADS * FS_BLOCKS];
+    memcpy(sorted, fs_recs, sizeof sorted);
+    qsort(sorted, FS_THREADS * FS_BLOCKS, sizeof *sorted, cmp_rec);
+    size_t shared_lines = 0, nulls = 0;
+    for (int i = 0; i < FS_THREADS * FS_BLOCKS; i++) {
+        if (!sorted[i].addr) nulls++;
+        if (i > 0 && sorted[i - 1].addr && sorted[i - 1].tid != sorted[i].tid &&
+            (sorted[i - 1].addr + sorted[i - 1].usable - 1) / LINE == sorted[i].addr / LINE)
+            shared_lines++;
+    }
+    pthread_barrier_wait(&fs_barrier);
+    for (int i = 0; i < FS_THREADS; i++) pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&fs_barrier);
+    if (shared_lines) fprintf(stderr, "malloc_stress: %zu cache lines shared by blocks of different threads\n", shared_lines);
+    CHECK("active-false-sharing-none", shared_lines == 0 && nulls == 0);
+}
+
+enum { PS_BLOCKS = 512 };
+static void *ps_blocks[PS_BLOCKS];
+static pthread_barrier_t ps_barrier;
+static size_t ps_hits;
+
+static void *ps_owner(void *arg) {
+    (void)arg;
+    for (int i = 0; i < PS_BLOCKS; i++) ps_blocks[i] = malloc(32);
+    pthread_barrier_wait(&ps_barrier); /* hand them over */
+    pthread_barrier_wait(&ps_barrier); /* stay alive (and owner) while the other thread works */
+    return NULL;
+}
+static int line_of_owner_block(uintptr_t a) {
+    for (int i = 0; i < PS_BLOCKS; i++) {
+        uintptr_t o = (uintptr_t)ps_blocks[i];
+        if (o && (o / LINE == a / LINE || (o + 31) / LINE == a / LINE || o / LINE == (a + 31) / LINE)) return 1;
+    }
+    return 0;
+}
+static void *ps_freer(void *arg) {
+    (void)arg;
+    pthread_barrier_wait(&ps_barrier);
+    for (int i = 0; i < PS_BLOCKS; i++) free(ps_blocks[i]); /* remote frees */
+    void *mine[PS_BLOCKS];
+    for (int i = 0; i < PS_BLOCKS; i++) {
+        mine[i] = malloc(32);
+        if (mine[i] && line_of_owner_block((uintptr_t)mine[i])) ps_hits++;
+    }
+    for (int i = 0; i < PS_BLOCKS; i++) free(mine[i]);
+    pthread_barrier_wait(&ps_barrier);
+    return NULL;
+}
+
+static void test_passive_false_sharing(void) {
+    pthread_t a, b;
+    pthread_barrier_init(&ps_barrier, NULL, 2);
+    pthread_create(&a, NULL, ps_owner, NULL);
+    pthread_create(&b, NULL, ps_freer, NULL);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    pthread_barrier_destroy(&ps_barrier);
+    if (ps_hits)
+        fprintf(stderr, "malloc_stress: %zu of %d blocks malloc'd after remote frees share a line with the owner's blocks\n",
+                ps_hits, (int)PS_BLOCKS);
+    CHECK("passive-false-sharing-none", ps_hits == 0);
+}
+
 static void *idle(void *arg) {
     void *p = malloc(64);
     free(p);
@@ -250,6 +356,8 @@ static void *idle(void *arg) {
 int main(void) {
     for (int i = 0; i < STRIPES; i++) pthread_mutex_init(&stripes[i], NULL);
     /* Warm up glibc's thread machinery (stack cache, its own small allocations) before the baseline. */
+    test_active_false_sharing();
+    test_passive_false_sharing();
     pthread_t idle_th[WORKERS];
     for (int i = 0; i < WORKERS; i++) pthread_create(&idle_th[i], NULL, idle, NULL);
     for (int i = 0; i < WORKERS; i++) pthread_join(idle_th[i], NULL);
