@@ -383,15 +383,15 @@ static void test_dead_owner(void) {
     rallocs_trim();
     rallocs_stats_get(&s4);
     printf("malloc_process: dead owner: %.1f MiB allocated by a thread that exited, freed by main: committed "
-           "%.1f -> %.1f MiB, trim returned %d -> %.1f MiB; second generation (%.1f MiB, other classes) peak "
-           "%.1f MiB, after trim %.1f MiB\n",
+           "%.1f -> %.1f MiB, trim returned %d -> %.1f MiB; second generation (%.1f MiB, other classes) live: "
+           "committed %.1f MiB, after trim %.1f MiB\n",
            h1.bytes / (double)MiB, s0.committed_bytes / (double)MiB, s1.committed_bytes / (double)MiB, r,
-           s2.committed_bytes / (double)MiB, h2.bytes / (double)MiB, s3.peak_committed_bytes / (double)MiB,
+           s2.committed_bytes / (double)MiB, h2.bytes / (double)MiB, s3.committed_bytes / (double)MiB,
            s4.committed_bytes / (double)MiB);
     CHECK("dead-owner-live-back", s1.live_bytes <= s0.live_bytes + 64 * KiB);
     CHECK("dead-owner-trim-returns-1", r == 1);
     CHECK("dead-owner-trim-releases", s2.committed_bytes <= s0.committed_bytes + 8 * MiB);
-    CHECK("dead-owner-memory-reused", s3.peak_committed_bytes <= s1.peak_committed_bytes + 16 * MiB);
+    CHECK("dead-owner-memory-reused", s3.committed_bytes <= s1.committed_bytes + 16 * MiB);
     CHECK("dead-owner-second-trim-releases", s4.committed_bytes <= s0.committed_bytes + 8 * MiB);
 }
 
@@ -496,8 +496,8 @@ int main(void) {
     test_churn();
     test_crowd();
     test_exit_destructors();
-    test_fork();
     test_dead_owner();
+    test_fork();
     test_oom();
     return check_summary();
 }
