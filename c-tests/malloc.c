@@ -22,6 +22,9 @@
  *     mmap, glibc's own malloc) aborts with SIGABRT and exactly one line
  *     `rallocs: <function>(): invalid pointer 0x<ptr> (<why>)` on stderr (the test re-executes itself).
  *
+ * Options (the program re-executed with them): RALLOCS_PURGE_DELAY_MS=0 gives freed memory back at once,
+ * a long delay keeps it; RALLOCS_SHOW_STATS=1 prints the statistics at exit.
+ *
  * Also: malloc from a constructor (before main), glibc's __libc_* aliases are rallocs, realloc of
  * over-aligned blocks, many malloc(0) are all distinct.
  *
@@ -843,6 +846,65 @@ static void expect_abort(const char *kind, const char *fn, int which) {
     CHECK(name, msg_ok);
 }
 
+/* ---- Options ---- */
+/* Child: free 32 MiB of small blocks and a large block; exit 0 if committed memory fell, 2 if not. */
+static int child_purge(void) {
+    enum { N = 32768 };
+    static void *b[N];
+    rallocs_stats_t s0 = stats();
+    for (int i = 0; i < N; i++) {
+        b[i] = malloc(1000);
+        if (b[i]) memset(b[i], 1, 1000);
+    }
+    void *big = malloc(8 * MiB);
+    if (big) memset(big, 1, 8 * MiB);
+    rallocs_stats_t s1 = stats();
+    for (int i = 0; i < N; i++) free(b[i]);
+    free(big);
+    rallocs_stats_t s2 = stats();
+    printf("committed %zu -> %zu -> %zu\n", s0.committed_bytes, s1.committed_bytes, s2.committed_bytes);
+    return s2.committed_bytes <= s0.committed_bytes + 4 * MiB ? 0 : 2;
+}
+
+/* Runs this program with `env` added and `args`; returns the wait status, stdout+stderr in out. */
+static int run_self(const char *env, const char *arg, char *out, size_t cap) {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        close(fds[1]);
+        if (env) putenv((char *)env);
+        const char *exe = exe_path();
+        execl(exe, exe, "child-option", arg, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    read_all(fds[0], out, cap);
+    close(fds[0]);
+    int st = -1;
+    waitpid(pid, &st, 0);
+    return st;
+}
+
+static void test_options(void) {
+    char out[4096];
+    int st = run_self("RALLOCS_PURGE_DELAY_MS=0", "purge", out, sizeof out);
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) fprintf(stderr, "purge delay 0: status 0x%x: %s", st, out);
+    CHECK("option-purge-delay-0-gives-memory-back", WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    st = run_self("RALLOCS_PURGE_DELAY_MS=3600000", "purge", out, sizeof out);
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 2)) fprintf(stderr, "purge delay 1 h: status 0x%x: %s", st, out);
+    CHECK("option-purge-delay-1h-keeps-memory", WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    st = run_self("RALLOCS_SHOW_STATS=1", "noop", out, sizeof out);
+    CHECK("option-show-stats-prints-at-exit", WIFEXITED(st) && WEXITSTATUS(st) == 0 && strstr(out, "rallocs") &&
+                                                  strstr(out, "mallocs"));
+    st = run_self(NULL, "noop", out, sizeof out);
+    CHECK("no-stats-by-default", WIFEXITED(st) && WEXITSTATUS(st) == 0 && out[0] == 0);
+}
+
 static void test_invalid_frees(void) {
     static const char *kinds[] = {"stack", "interior", "interior-large", "mmap", "foreign"};
     static const char *fns[] = {"free", "realloc"};
@@ -853,6 +915,7 @@ static void test_invalid_frees(void) {
 
 int main(int argc, char **argv) {
     if (argc == 5 && strcmp(argv[1], "child") == 0) return child_main(argv[2], argv[3], argv[4]);
+    if (argc == 3 && strcmp(argv[1], "child-option") == 0) return strcmp(argv[2], "purge") == 0 ? child_purge() : 0;
     make_sizes();
     for (int w = 0; w < 2; w++) {
         A = &apis[w];
@@ -867,6 +930,7 @@ int main(int argc, char **argv) {
     }
     test_reports();
     test_misc();
+    test_options();
     test_invalid_frees();
     return check_summary();
 }
