@@ -9,7 +9,8 @@
 #   - sort: a file of a million lines, plain, numeric with temporary files and two threads, unique.
 # First it checks that the preload really takes effect: in a preloaded python3, malloc is rallocs' malloc
 # and rallocs_stats_get (called through ctypes) has counted mallocs; the maps of a preloaded process show
-# the library.
+# the library; git, gcc (with cc1) and python3 print rallocs statistics at exit under
+# RALLOCS_SHOW_STATS=1.
 #
 # usage: scripts/preload-test.sh BUILD_DIR   (holds librallocs.so)
 set -euo pipefail
@@ -48,6 +49,18 @@ else
 fi
 if LD_PRELOAD="$lib" cat /proc/self/maps | grep -q "librallocs\.so"; then ok "preloaded process maps librallocs.so"
 else fail "preloaded process maps librallocs.so"; fi
+# The programs of part 2 (and the compiler proper, cc1, that gcc runs) allocate through rallocs: with
+# RALLOCS_SHOW_STATS=1 every preloaded process prints its statistics at exit. (sort closes stderr
+# before exiting, as every coreutils program does: it only has to be dynamically linked, not setuid.)
+for cmd in "git --version" "gcc -O2 -S -o /dev/null -x c /dev/null" "python3 -c pass"; do
+    # shellcheck disable=SC2086
+    n=$(RALLOCS_SHOW_STATS=1 LD_PRELOAD="$lib" $cmd 2>&1 >/dev/null | grep -c 'mallocs' || true)
+    if [ "$n" -ge 1 ]; then ok "preloaded '$cmd' allocates through rallocs ($n processes print rallocs statistics)"
+    else fail "preloaded '$cmd' allocates through rallocs (no statistics printed at exit)"; fi
+done
+sort_bin=$(command -v sort)
+if ldd "$sort_bin" 2>/dev/null | grep -q 'libc\.so' && [ ! -u "$sort_bin" ]; then ok "sort is dynamically linked (LD_PRELOAD applies)"
+else fail "sort is dynamically linked (LD_PRELOAD applies)"; fi
 
 # 2. Real programs. compare NAME FUNCTION: runs FUNCTION in $tmp/work twice (plain, then preloaded).
 compare() {
