@@ -16,6 +16,8 @@
  *     time never share a 64-byte cache line (active false sharing), and a block freed by a thread other
  *     than its owner goes back to the owner's superblock, never to the freeing thread's next malloc
  *     (passive false sharing);
+ *   - the whole run is done twice: as is, then (the program re-executes itself) with
+ *     RALLOCS_PURGE_DELAY_MS=0, so that empty superblocks are decommitted while other threads adopt;
  *   - at the end live_bytes is back at its baseline (no leak: a few KiB of slack for what glibc's own
  *     thread machinery keeps, never the megabytes a lost block list would show), mallocs - frees equal,
  *     and remote frees were counted. */
@@ -30,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -388,9 +391,10 @@ int main(void) {
 
     unsigned long long mallocs = s1.mallocs - s0.mallocs, frees = s1.frees - s0.frees;
     unsigned long long remote = s1.remote_frees - s0.remote_frees;
-    printf("malloc_stress: %u threads, %lu ops, %llu mallocs, %llu frees, %llu remote (test counted %lu "
+    printf("malloc_stress%s: %u threads, %lu ops, %llu mallocs, %llu frees, %llu remote (test counted %lu "
            "cross-thread), %zu drained at the end; live %zu -> %zu bytes, committed %zu, peak %zu\n",
-           next_id - 1, (unsigned long)atomic_load(&total_ops), mallocs, frees, remote,
+           getenv("RALLOCS_PURGE_DELAY_MS") ? " (RALLOCS_PURGE_DELAY_MS=0)" : "", next_id - 1,
+           (unsigned long)atomic_load(&total_ops), mallocs, frees, remote,
            (unsigned long)atomic_load(&cross_frees), drained, s0.live_bytes, s1.live_bytes, s1.committed_bytes,
            s1.peak_committed_bytes);
     CHECK("threads-created", create_failed == 0);
@@ -403,5 +407,19 @@ int main(void) {
     CHECK("mallocs-equal-frees", mallocs <= frees + 64 && frees <= mallocs + 64);
     CHECK("remote-frees-counted", remote > 0 && remote <= frees);
     CHECK("committed>=live", s1.committed_bytes >= s1.live_bytes);
+    if (!getenv("RALLOCS_PURGE_DELAY_MS")) { /* second pass, purging at once */
+        const char *exe = getenv("RALLOCS_TEST_EXE");
+        if (!exe || !*exe) exe = "/proc/self/exe";
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+            setenv("RALLOCS_PURGE_DELAY_MS", "0", 1);
+            execl(exe, exe, (char *)NULL);
+            _exit(127);
+        }
+        int st = -1;
+        waitpid(pid, &st, 0);
+        CHECK("second-pass-with-RALLOCS_PURGE_DELAY_MS=0", WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
     return check_summary();
 }
