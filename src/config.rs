@@ -50,9 +50,14 @@ pub const CARVE_BATCH_BYTES: usize = 4096;
 /// (option RALLOCS_PURGE_DELAY_MS).
 pub const DEFAULT_PURGE_DELAY_MS: u64 = 250;
 /// Large spans kept mapped after free for reuse: at most this many ...
-pub const LARGE_CACHE_ENTRIES: usize = 16;
-/// ... and at most this many bytes in all.
-pub const LARGE_CACHE_BYTES: usize = 64 << 20;
+pub const LARGE_CACHE_ENTRIES: usize = 64;
+/// ... and at most this many bytes in all (address space: the pages a span's block never wrote are
+/// not resident, and cached spans are unmapped after the purge delay).
+pub const LARGE_CACHE_BYTES: usize = 256 << 20;
+/// Large span lengths are rounded up to one of this many sizes per doubling (at most 1.25x apart for
+/// 4), so that a freed span fits the next request of a similar size. The rounding costs address space
+/// only: pages past what a program writes are never touched.
+pub const LARGE_STEPS_PER_DOUBLING: usize = 4;
 /// Bytes before the user pointer in a large span (the span header).
 pub const LARGE_HEADER: usize = 64;
 /// Largest alignment served from superblocks (blocks start at multiples of it when the class size is a
@@ -64,4 +69,22 @@ const _: () = assert!(SUPERBLOCK_HEADER % 128 == 0 && SUPERBLOCK_HEADER % MIN_AL
 const _: () = assert!(SEGMENT_SIZE % SUPERBLOCK_SIZE == 0 && SEGMENT_SIZE / SUPERBLOCK_SIZE == 64);
 const _: () = assert!(MAX_SMALL_SIZE <= SUPERBLOCK_SIZE / 2);
 const _: () = assert!(LARGE_HEADER % MIN_ALIGN == 0 && LARGE_HEADER < PAGE_SIZE);
+const _: () = assert!(LARGE_STEPS_PER_DOUBLING.is_power_of_two() && LARGE_CACHE_BYTES >= 16 * LARGE_CACHE_ENTRIES * PAGE_SIZE);
 const _: () = assert!(SUPERBLOCK_HEADER % MAX_SMALL_ALIGN == 0);
+
+// ---------------------------------------------------------------------------------------------------
+// Trace recorder (src/trace.rs)
+// ---------------------------------------------------------------------------------------------------
+
+/// Bytes of the recorder's buffer (one mapping); it is written out with one `write(2)` when full.
+pub const TRACE_BUFFER_SIZE: usize = 1 << 20;
+/// Longest encoded record: tag, thread varint (5), two address varints (10 each), size and alignment
+/// varints (10 each).
+pub const TRACE_MAX_RECORD: usize = 1 + 5 + 4 * 10;
+/// Threads the recorder tells apart (a power of two); later threads share one id.
+pub const TRACE_MAX_THREADS: usize = 1024;
+/// Longest `RALLOCS_TRACE` path, with its NUL.
+pub const TRACE_PATH_MAX: usize = 1024;
+
+const _: () = assert!(TRACE_BUFFER_SIZE % PAGE_SIZE == 0 && TRACE_BUFFER_SIZE >= 64 * TRACE_MAX_RECORD);
+const _: () = assert!(TRACE_MAX_THREADS.is_power_of_two());

@@ -1,4 +1,5 @@
-//! The operating-system layer: the only module that calls `mmap`, `munmap`, `madvise` and `mprotect`.
+//! The operating-system layer: the only module that calls `mmap`, `mremap`, `munmap`, `madvise` and
+//! `mprotect`.
 //!
 //! Address space goes through four states, and every function here moves a range between two of them:
 //!
@@ -246,6 +247,27 @@ pub unsafe fn reset(p: NonNull<u8>, len: usize) -> OsResult<()> {
         Ok(())
     } else {
         Err(OsError(errno()))
+    }
+}
+
+/// Grows or shrinks the mapping `[p, p + old_len)` to `new_len` bytes without moving it; fails (and
+/// changes nothing) when the address space after it is taken. New pages read as zero.
+///
+/// # Safety
+/// `[p, p + old_len)` is one whole mapping of ours, made by [`map`], page-aligned lengths.
+pub unsafe fn resize_in_place(p: NonNull<u8>, old_len: usize, new_len: usize) -> OsResult<()> {
+    check_range(p, old_len)?;
+    check_range(p, new_len)?;
+    if injected_failure() {
+        return Err(OsError::NO_MEMORY);
+    }
+    // SAFETY: the caller guarantees the mapping is ours; without MREMAP_MAYMOVE the kernel either
+    // resizes in place or fails without touching it.
+    let r = unsafe { libc::mremap(p.as_ptr().cast(), old_len, new_len, 0) };
+    if r == libc::MAP_FAILED {
+        Err(OsError(errno()))
+    } else {
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@
 use crate::ffi::types::rallocs_stats_t;
 use crate::hoard;
 use crate::os::{errno, set_errno};
+use crate::trace::{self, Op};
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
@@ -19,12 +20,38 @@ fn or_enomem(p: *mut u8) -> *mut c_void {
     p.cast()
 }
 
+// Every entry point reports its call to the trace recorder: allocations after they obtained the
+// block, frees before they release it. malloc and free record on their slow paths (while tracing, no
+// thread takes the fast paths), so tracing costs them nothing when it is off.
+
+#[inline(always)]
+fn malloc_impl(size: usize) -> *mut c_void {
+    or_enomem(hoard::malloc(size, true))
+}
+
+#[inline(always)]
+fn free_impl(p: *mut c_void, func: &str) {
+    hoard::free(p.cast(), func, true)
+}
+
+fn calloc_impl(n: usize, size: usize) -> *mut c_void {
+    let p = hoard::calloc(n, size);
+    trace::record(Op::Calloc, p, ptr::null_mut(), n.saturating_mul(size), 0);
+    or_enomem(p)
+}
+
+fn aligned_impl(align: usize, size: usize) -> *mut c_void {
+    let p = hoard::aligned(align, size);
+    trace::record(Op::Memalign, p, ptr::null_mut(), size, align);
+    or_enomem(p)
+}
+
 fn aligned_or_einval(align: usize, size: usize) -> *mut c_void {
     if !align.is_power_of_two() {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
-    or_enomem(hoard::aligned(align, size))
+    aligned_impl(align, size)
 }
 
 fn posix_memalign_impl(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
@@ -33,6 +60,7 @@ fn posix_memalign_impl(out: *mut *mut c_void, align: usize, size: usize) -> c_in
     }
     let saved = errno();
     let p = hoard::aligned(align, size);
+    trace::record(Op::Memalign, p, ptr::null_mut(), size, align);
     set_errno(saved);
     if p.is_null() {
         return libc::ENOMEM;
@@ -54,6 +82,7 @@ fn reallocarray_impl(p: *mut c_void, n: usize, size: usize, func: &str) -> *mut 
 
 fn realloc_impl(p: *mut c_void, size: usize, func: &str) -> *mut c_void {
     let q = hoard::realloc(p.cast(), size, func);
+    trace::record(Op::Realloc, q, p.cast(), size, 0);
     if q.is_null() && !(size == 0 && !p.is_null()) {
         set_errno(libc::ENOMEM);
     }
@@ -63,7 +92,7 @@ fn realloc_impl(p: *mut c_void, size: usize, func: &str) -> *mut c_void {
 fn pvalloc_impl(size: usize) -> *mut c_void {
     let page = crate::os::page_size();
     match crate::os::align_up(size.max(1), page) {
-        Some(n) => or_enomem(hoard::aligned(page, n)),
+        Some(n) => aligned_impl(page, n),
         None => {
             set_errno(libc::ENOMEM);
             ptr::null_mut()
@@ -79,7 +108,7 @@ fn free_sized_impl(p: *mut c_void, align: usize, size: usize, func: &str) {
     if size > usable || (align != 0 && (p as usize) % align != 0) {
         crate::diag::invalid_pointer(func, p.cast(), "size or alignment does not match the block");
     }
-    hoard::free(p.cast(), func);
+    free_impl(p, func);
 }
 
 /// Allocates `size` bytes and returns a pointer aligned to 16 bytes (`RALLOCS_MIN_ALIGN`), or NULL with
@@ -87,7 +116,7 @@ fn free_sized_impl(p: *mut c_void, align: usize, size: usize, func: &str) {
 /// cleared.
 #[no_mangle]
 pub extern "C" fn rallocs_malloc(size: usize) -> *mut c_void {
-    or_enomem(hoard::malloc(size))
+    malloc_impl(size)
 }
 
 /// Frees a block returned by any `rallocs_*` allocating function (or by `malloc` & co. when rallocs
@@ -96,14 +125,14 @@ pub extern "C" fn rallocs_malloc(size: usize) -> *mut c_void {
 /// stderr naming `rallocs_free` and the pointer. Thread-safe: any thread may free any block.
 #[no_mangle]
 pub extern "C" fn rallocs_free(p: *mut c_void) {
-    hoard::free(p.cast(), "rallocs_free")
+    free_impl(p, "rallocs_free")
 }
 
 /// Allocates `n * size` bytes cleared to zero, 16-byte aligned. NULL with `errno = ENOMEM` when the
 /// product overflows or memory runs out. Thread-safe.
 #[no_mangle]
 pub extern "C" fn rallocs_calloc(n: usize, size: usize) -> *mut c_void {
-    or_enomem(hoard::calloc(n, size))
+    calloc_impl(n, size)
 }
 
 /// Resizes the block `p` to `size` bytes, keeping its contents up to the smaller size; the block may
@@ -151,7 +180,7 @@ pub extern "C" fn rallocs_memalign(alignment: usize, size: usize) -> *mut c_void
 /// Allocates `size` bytes aligned to the page size. NULL with `errno = ENOMEM` on failure. Thread-safe.
 #[no_mangle]
 pub extern "C" fn rallocs_valloc(size: usize) -> *mut c_void {
-    or_enomem(hoard::aligned(crate::os::page_size(), size))
+    aligned_impl(crate::os::page_size(), size)
 }
 
 /// Allocates `size` bytes rounded up to a whole number of pages (at least one), page-aligned. NULL with
@@ -219,19 +248,19 @@ mod standard {
 
     #[no_mangle]
     pub extern "C" fn malloc(size: usize) -> *mut c_void {
-        or_enomem(hoard::malloc(size))
+        malloc_impl(size)
     }
     #[no_mangle]
     pub extern "C" fn free(p: *mut c_void) {
-        hoard::free(p.cast(), "free")
+        free_impl(p, "free")
     }
     #[no_mangle]
     pub extern "C" fn cfree(p: *mut c_void) {
-        hoard::free(p.cast(), "cfree")
+        free_impl(p, "cfree")
     }
     #[no_mangle]
     pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-        or_enomem(hoard::calloc(n, size))
+        calloc_impl(n, size)
     }
     #[no_mangle]
     pub extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
@@ -257,7 +286,7 @@ mod standard {
     }
     #[no_mangle]
     pub extern "C" fn valloc(size: usize) -> *mut c_void {
-        or_enomem(hoard::aligned(crate::os::page_size(), size))
+        aligned_impl(crate::os::page_size(), size)
     }
     #[no_mangle]
     pub extern "C" fn pvalloc(size: usize) -> *mut c_void {

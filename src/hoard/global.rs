@@ -122,6 +122,7 @@ pub fn ensure_init() {
 
 fn init() {
     crate::options::load();
+    crate::trace::init_from_env();
     if os::page_size() > PAGE_SIZE {
         crate::diag::fatal(format_args!("malloc: page size {} is not supported", os::page_size()));
     }
@@ -151,6 +152,9 @@ extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     }
     if thread::current() == h {
         thread::set_current(ptr::null_mut());
+    }
+    if thread::traced() == h {
+        thread::set_traced(ptr::null_mut());
     }
     // SAFETY: h was this thread's heap (set with pthread_setspecific when it was created); the thread
     // no longer uses it: its TLS slot is cleared, so a later malloc in this thread makes a new heap.
@@ -188,19 +192,10 @@ extern "C" fn fork_child() {
         GLOBAL.unlock_forgotten();
         super::large::unlock_after_fork();
     }
-    // The other threads' heaps have no thread in the child: abandon them so their superblocks can be
-    // adopted. Single-threaded here, so walking the list needs no lock.
-    let me = thread::current();
-    let mut h = GLOBAL.lock().all_heaps;
-    while !h.is_null() {
-        // SAFETY: heaps are never freed; the child is single-threaded, so no one else uses them.
-        let (next, alive) = unsafe { ((*h).all_next, (*h).alive) };
-        if alive && h != me {
-            // SAFETY: as above: the owning thread does not exist in the child.
-            unsafe { heap::abandon(h) };
-        }
-        h = next;
-    }
+    // The heaps of the parent's other threads have no thread in the child. They are left as they are:
+    // such a thread may have been in the middle of a list operation on its own heap when the parent
+    // forked, so walking them could corrupt the child. Their memory stays reserved in the child; blocks
+    // the child frees into their superblocks go to the remote lists, as for any other owner.
 }
 
 /// The calling thread's heap, creating (or recycling) one on first use; null when out of memory.
@@ -235,8 +230,13 @@ pub fn heap_for_thread() -> *mut Heap {
         h
     };
     // Set the TLS slot before the key: pthread_setspecific may call calloc for keys past the first 32,
-    // and that call must find this heap instead of recursing here.
-    thread::set_current(h);
+    // and that call must find this heap instead of recursing here. While tracing, the heap goes in the
+    // second slot so that every call takes a slow path, where it is recorded.
+    if crate::trace::enabled() {
+        thread::set_traced(h);
+    } else {
+        thread::set_current(h);
+    }
     // SAFETY: the key was created in init.
     unsafe { libc::pthread_setspecific(thread_key(), h.cast()) };
     h
@@ -334,6 +334,9 @@ pub fn take(c: usize, owner: *mut Heap) -> *mut Superblock {
     }
     let mut purged = false;
     let mut sb = g.empty.pop_front();
+    if sb.is_null() && g.purged.is_empty() && sweep(&mut g) != 0 {
+        sb = g.empty.pop_front();
+    }
     if sb.is_null() {
         sb = g.purged.pop_front();
         purged = !sb.is_null();
@@ -350,8 +353,9 @@ pub fn take(c: usize, owner: *mut Heap) -> *mut Superblock {
             return sb;
         }
     }
-    // SAFETY: an empty superblock nobody else can reach (off every list, owner null).
-    unsafe { Superblock::init(sb, c, GLOBAL_OWNER, purged) };
+    // SAFETY: an empty superblock nobody else can reach (off every list). Its pages are committed
+    // again (a purged one was counted back above).
+    unsafe { Superblock::init(sb, c, GLOBAL_OWNER, false) };
     let _ = owner;
     sb
 }
@@ -379,10 +383,40 @@ pub fn give(sb: *mut Superblock) {
     purge(&mut g, false);
 }
 
-/// Gives the pages of every empty superblock in the global heap back to the OS now. Returns the bytes
-/// released.
+/// Collects the remote frees of every partial superblock in the global heap (the lock holder is their
+/// owner) and moves those that became empty to the empty list, where any class can reuse them and the
+/// purge gives their pages back. Blocks that a thread left live when it exited and that other threads
+/// freed later come back this way. Returns how many superblocks became empty.
+fn sweep(g: &mut Global) -> usize {
+    let now = now_ms();
+    let mut emptied = 0;
+    for c in 0..NCLASSES {
+        let mut sb = g.partial[c].head;
+        while !sb.is_null() {
+            // SAFETY: nodes of the global lists are superblocks the global heap owns; we hold its lock.
+            let r = unsafe { &mut *sb };
+            let next = r.next;
+            r.collect_remote();
+            if r.used == 0 {
+                // SAFETY: sb is on partial[c].
+                unsafe { g.partial[c].remove(sb) };
+                r.place = Place::GlobalEmpty;
+                r.empty_since_ms = now;
+                // SAFETY: sb is detached.
+                unsafe { g.empty.push_front(sb) };
+                emptied += 1;
+            }
+            sb = next;
+        }
+    }
+    emptied
+}
+
+/// Gives the pages of every empty superblock in the global heap back to the OS now (after collecting
+/// remote frees into the global heap's superblocks). Returns the bytes released.
 pub fn trim() -> usize {
     let mut g = GLOBAL.lock();
+    sweep(&mut g);
     purge(&mut g, true)
 }
 

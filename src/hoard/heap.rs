@@ -10,7 +10,10 @@
 //! K = 4 ([`EMPTY_FRACTION_INV`], [`EMPTY_SLACK_SUPERBLOCKS`]), a heap holds at most
 //! `max(u + K*S, u / (1 - f))` bytes, so the whole process holds O(live bytes + threads * K * S),
 //! whatever the producer/consumer pattern. Blocks freed by other threads still count in `u` until the
-//! owner collects them; the owner collects on its slow path before taking a new superblock.
+//! owner collects them; the owner collects on its slow path before taking a new superblock. Current
+//! superblocks (at most one per class) are never moved: when only they are left, the check is disarmed
+//! until a superblock enters a partial bin or the empty list, so frees do not keep taking the slow
+//! path. A heap may therefore hold up to NCLASSES current superblocks beyond the bound.
 //!
 //! Fast paths ([`alloc`], [`free_local`]) and their slow paths sit side by side below.
 
@@ -131,6 +134,7 @@ impl Heap {
         r.rebin_below = ((bin * r.capacity as usize / FULLNESS_BINS) as u32).max(1);
         // SAFETY: sb is detached and ours.
         unsafe { self.partial[r.class as usize][bin].push_front(sb) };
+        self.recompute_threshold();
     }
 
     fn put_full(&mut self, sb: *mut Superblock) {
@@ -150,6 +154,7 @@ impl Heap {
         r.rebin_below = 0;
         // SAFETY: sb is detached and ours.
         unsafe { self.empty.push_front(sb) };
+        self.recompute_threshold();
     }
 
     fn detach(&mut self, sb: *mut Superblock) {
@@ -223,6 +228,9 @@ impl Heap {
                 }
             }
             if victim.is_null() {
+                // Nothing can go (only current superblocks remain): stop checking on every free until
+                // a superblock enters a partial bin or the empty list again (which re-arms the check).
+                self.release_below = 0;
                 return;
             }
             // SAFETY: victim was just taken off one of our lists.
@@ -394,42 +402,67 @@ pub unsafe fn alloc_slow(h: *mut Heap, c: usize) -> *mut u8 {
 // ---------------------------------------------------------------------------------------------------
 
 /// Frees block `p` of superblock `sb`. The owner pushes it on the superblock's free list (no atomic);
-/// any other thread pushes it on the superblock's `thread_free` with one compare-exchange.
+/// any other thread pushes it on the superblock's `thread_free` with one compare-exchange. `record`:
+/// report the call to the trace recorder (entry points do; frees inside realloc do not).
 ///
 /// # Safety
 /// `p` is a live block of `sb` (checked by the caller), and is given up.
 #[inline(always)]
-pub unsafe fn free(sb: *mut Superblock, p: *mut u8) {
+pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool) {
     let h = thread::current();
     let b = p.cast::<Block>();
     // SAFETY: sb is a superblock of ours (address map) and p a live block of it (caller).
     unsafe {
         // Relaxed: only this thread can make the owner equal to its own heap or change it from that.
         // The owner is never null (GLOBAL_OWNER in the global heap), so a thread without a heap (h
-        // null) never takes the local path.
+        // null, or tracing) never takes the local path here.
         if (*sb).owner.load(Ordering::Relaxed) == h {
-            (*b).next = (*sb).free;
-            (*sb).free = b;
-            (*sb).used -= 1;
-            sub_usize(&(*h).in_use, (*sb).block_size as usize);
-            (*h).stats.frees.add(1);
-            if (*sb).used < (*sb).rebin_below || (*h).in_use.load(Ordering::Relaxed) < (*h).release_below {
-                free_slow(h, sb);
-            }
+            free_local(h, sb, b);
             return;
         }
-        free_remote(h, sb, b);
+        free_other(sb, b, record);
     }
 }
 
-/// A free into a superblock owned by another heap (or the global heap).
+/// The owner's free: push on the superblock's list; the slow path when the superblock changes
+/// fullness group or the heap breaks the emptiness invariant.
+///
+/// # Safety
+/// `h` is the calling thread's heap and owns `sb`; `b` is a live block of `sb`, given up.
+#[inline(always)]
+unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        (*b).next = (*sb).free;
+        (*sb).free = b;
+        (*sb).used -= 1;
+        sub_usize(&(*h).in_use, (*sb).block_size as usize);
+        (*h).stats.frees.add(1);
+        if (*sb).used < (*sb).rebin_below || (*h).in_use.load(Ordering::Relaxed) < (*h).release_below {
+            free_slow(h, sb);
+        }
+    }
+}
+
+/// A free that missed the owner's fast path: a remote free into a superblock owned by another heap
+/// (or the global heap), or any free while tracing.
 ///
 /// # Safety
 /// As for [`free`].
 #[inline(never)]
-unsafe fn free_remote(h: *mut Heap, sb: *mut Superblock, b: *mut Block) {
+unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool) {
+    if record {
+        crate::trace::record(crate::trace::Op::Free, ptr::null_mut(), b.cast(), 0, 0);
+    }
+    let h = thread::traced();
     // SAFETY: sb is ours (address map), b a live block of it given up by the caller.
     unsafe {
+        // Relaxed: as in `free`.
+        if !h.is_null() && (*sb).owner.load(Ordering::Relaxed) == h {
+            free_local(h, sb, b);
+            return;
+        }
+        let h = thread::any();
         let size = (*sb).block_size as u64;
         (*sb).push_remote(b);
         if h.is_null() {

@@ -15,7 +15,7 @@
 
 use super::addrmap;
 use super::global::{self, commit_add, commit_sub};
-use crate::config::{LARGE_CACHE_BYTES, LARGE_CACHE_ENTRIES, LARGE_HEADER, SUPERBLOCK_SIZE};
+use crate::config::{LARGE_CACHE_BYTES, LARGE_CACHE_ENTRIES, LARGE_HEADER, LARGE_STEPS_PER_DOUBLING, SUPERBLOCK_SIZE};
 use crate::os;
 use crate::sync::Mutex;
 use core::ptr::{self, NonNull};
@@ -72,6 +72,18 @@ pub(super) unsafe fn unlock_after_fork() {
     unsafe { CACHE.unlock_forgotten() };
 }
 
+/// Rounds a span length (a multiple of `page`) up to the next of LARGE_STEPS_PER_DOUBLING sizes per
+/// power of two, in whole pages. `None` on overflow.
+fn span_class(len: usize, page: usize) -> Option<usize> {
+    let pages = len / page;
+    if pages <= LARGE_STEPS_PER_DOUBLING {
+        return Some(len);
+    }
+    let top = usize::BITS - 1 - pages.leading_zeros(); // floor(log2(pages))
+    let step = 1usize << (top - LARGE_STEPS_PER_DOUBLING.trailing_zeros());
+    pages.checked_add(step - 1).and_then(|p| (p & !(step - 1)).checked_mul(page))
+}
+
 fn header(span: usize) -> *mut LargeHeader {
     span as *mut LargeHeader
 }
@@ -81,7 +93,7 @@ fn header(span: usize) -> *mut LargeHeader {
 pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     let page = os::page_size();
     let offset = if align >= SUPERBLOCK_SIZE { SUPERBLOCK_SIZE } else { align.max(LARGE_HEADER) };
-    let len = match size.checked_add(offset).and_then(|n| os::align_up(n, page)) {
+    let len = match size.checked_add(offset).and_then(|n| os::align_up(n, page)).and_then(|n| span_class(n, page)) {
         Some(n) if n <= isize::MAX as usize => n,
         _ => return ptr::null_mut(),
     };
@@ -156,6 +168,39 @@ pub fn usable(span: usize) -> usize {
     h.span_len - h.offset
 }
 
+/// Tries to resize the large block of `span` in place to hold `size` bytes: shrinking keeps the mapping
+/// (returns true if `size` fits); growing asks the kernel to extend the mapping where it lies. False
+/// when the block must move.
+pub fn resize_in_place(span: usize, size: usize) -> bool {
+    // SAFETY: span is a live large span (from span_of) owned by the caller's block.
+    let h = unsafe { &mut *header(span) };
+    if h.map_base != span {
+        return false;
+    }
+    let page = os::page_size();
+    let need = match size.checked_add(h.offset).and_then(|n| os::align_up(n, page)) {
+        Some(n) => n,
+        None => return false,
+    };
+    if need <= h.span_len {
+        return true;
+    }
+    // Grow to the next span class, so that a block growing step by step asks the kernel O(log n) times.
+    let need = span_class(need, page).unwrap_or(need);
+    // SAFETY: the span is one whole mapping of ours (map_base == span, map_len == span_len).
+    let ok = unsafe { os::resize_in_place(NonNull::new_unchecked(span as *mut u8), h.map_len, need) }.is_ok();
+    if ok {
+        let grown = need - h.map_len;
+        h.map_len = need;
+        h.span_len = need;
+        commit_add(grown);
+        // Relaxed: statistics.
+        global::STATS.reserved.fetch_add(grown, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(grown, Ordering::Relaxed);
+    }
+    ok
+}
+
 /// Frees the large block whose span is `span`.
 pub fn free(span: usize) {
     // SAFETY: span is a live large span (from span_of); we give it up now.
@@ -191,11 +236,12 @@ unsafe fn release_mapping(base: usize, len: usize) {
 
 fn take_cached(len: usize) -> Option<(usize, usize)> {
     let mut c = CACHE.lock();
-    // Best fit among spans no more than 1.5x the request, so a small request does not pin a huge span.
+    // Best fit among spans no more than 1.25x the request (the next span class), so a small request
+    // does not pin a huge span.
     let mut best: Option<usize> = None;
     for i in 0..c.n {
         let e = c.entries[i];
-        if e.len >= len && e.len <= len + len / 2 && best.map_or(true, |b| e.len < c.entries[b].len) {
+        if e.len >= len && e.len <= len + len / 4 && best.map_or(true, |b| e.len < c.entries[b].len) {
             best = Some(i);
         }
     }
@@ -212,8 +258,24 @@ fn put_cached(span: usize, len: usize) -> bool {
     let now = global::now_ms();
     let mut c = CACHE.lock();
     expire(&mut c, now, false);
-    if c.n == LARGE_CACHE_ENTRIES || c.bytes + len > LARGE_CACHE_BYTES {
+    if len > LARGE_CACHE_BYTES / 4 {
         return false;
+    }
+    // Make room by unmapping the oldest spans: recently freed ones are the likeliest to be reused.
+    while c.n > 0 && (c.n == LARGE_CACHE_ENTRIES || c.bytes + len > LARGE_CACHE_BYTES) {
+        let mut oldest = 0;
+        for i in 1..c.n {
+            if c.entries[i].since_ms < c.entries[oldest].since_ms {
+                oldest = i;
+            }
+        }
+        let e = c.entries[oldest];
+        // SAFETY: cached spans are dead mappings of ours.
+        unsafe { release_mapping(e.span, e.len) };
+        c.bytes -= e.len;
+        c.n -= 1;
+        let last = c.n;
+        c.entries[oldest] = c.entries[last];
     }
     let n = c.n;
     c.entries[n] = Cached { span, len, since_ms: now };
@@ -247,6 +309,24 @@ fn expire(c: &mut Cache, now: u64, all: bool) -> usize {
 pub fn trim() -> usize {
     let mut c = CACHE.lock();
     expire(&mut c, 0, true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn span_classes_round_up_at_most_25_percent() {
+        let page = 4096;
+        let mut prev = 0;
+        for pages in 1..5000usize {
+            let len = pages * page;
+            let c = super::span_class(len, page).unwrap();
+            assert!(c >= len && c % page == 0);
+            assert!(c <= len + len / 4 + page, "{len} -> {c}");
+            assert!(c >= prev);
+            prev = c;
+        }
+        assert_eq!(super::span_class(usize::MAX & !(page - 1), page), None);
+    }
 }
 
 /// Walks the cache's invariants (tests).

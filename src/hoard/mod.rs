@@ -31,9 +31,11 @@ use core::ptr;
 use core::sync::atomic::Ordering;
 use superblock::Superblock;
 
-/// Allocates `size` bytes (16-byte aligned; 0 counts as 1). Null when out of memory.
+/// Allocates `size` bytes (16-byte aligned; 0 counts as 1). Null when out of memory. `record`: report
+/// the call to the trace recorder (entry points do; calls inside calloc or realloc do not). Recording
+/// happens only on the slow path: while tracing, threads have no heap in the fast slot.
 #[inline(always)]
-pub fn malloc(size: usize) -> *mut u8 {
+pub fn malloc(size: usize, record: bool) -> *mut u8 {
     if size <= MAX_SMALL_SIZE {
         let h = thread::current();
         if !h.is_null() {
@@ -41,22 +43,38 @@ pub fn malloc(size: usize) -> *mut u8 {
             return unsafe { heap::alloc(h, class_of(size)) };
         }
     }
-    malloc_slow(size)
+    malloc_slow(size, record)
 }
 
-/// The allocation path for large sizes and for threads without a heap yet.
+/// The allocation path for large sizes, for threads without a heap yet, and while tracing.
 #[inline(never)]
-fn malloc_slow(size: usize) -> *mut u8 {
-    if size > MAX_SMALL_SIZE {
+fn malloc_slow(size: usize, record: bool) -> *mut u8 {
+    let p = if size > MAX_SMALL_SIZE {
         global::ensure_init();
-        return large::alloc(size, MIN_ALIGN, false);
+        large::alloc(size, MIN_ALIGN, false)
+    } else {
+        let h = thread_heap();
+        if h.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: h is the calling thread's heap.
+        unsafe { heap::alloc(h, class_of(size)) }
+    };
+    if record {
+        crate::trace::record(crate::trace::Op::Malloc, p, ptr::null_mut(), size, 0);
     }
-    let h = global::heap_for_thread();
+    p
+}
+
+/// The calling thread's heap, from either slot, created on first use; null when out of memory.
+#[inline]
+fn thread_heap() -> *mut heap::Heap {
+    let h = thread::any();
     if h.is_null() {
-        return ptr::null_mut();
+        global::heap_for_thread()
+    } else {
+        h
     }
-    // SAFETY: h is now the calling thread's heap.
-    unsafe { heap::alloc(h, class_of(size)) }
 }
 
 /// What a pointer passed to free/realloc is.
@@ -88,16 +106,22 @@ fn owner_of_large(p: *mut u8, func: &str) -> Owner {
     }
 }
 
-/// Frees `p` (NULL: nothing). `func` names the entry point in the abort message for a bad pointer.
+/// Frees `p` (NULL: nothing). `func` names the entry point in the abort message for a bad pointer;
+/// `record` as for [`malloc`].
 #[inline(always)]
-pub fn free(p: *mut u8, func: &str) {
+pub fn free(p: *mut u8, func: &str, record: bool) {
     if p.is_null() {
         return;
     }
     match owner_of(p, func) {
         // SAFETY: owner_of checked that p is a block start of a superblock of ours.
-        Owner::Small(sb) => unsafe { heap::free(sb, p) },
-        Owner::Large(span) => large::free(span),
+        Owner::Small(sb) => unsafe { heap::free(sb, p, record) },
+        Owner::Large(span) => {
+            if record {
+                crate::trace::record(crate::trace::Op::Free, ptr::null_mut(), p, 0, 0);
+            }
+            large::free(span)
+        }
     }
 }
 
@@ -123,7 +147,7 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
         global::ensure_init();
         return large::alloc(total, MIN_ALIGN, true);
     }
-    let p = malloc(total);
+    let p = malloc(total, false);
     if !p.is_null() {
         // SAFETY: p is a fresh block of at least `total` bytes.
         unsafe { ptr::write_bytes(p, 0, total) };
@@ -136,23 +160,43 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
 /// failure returns NULL and leaves `p` untouched.
 pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if p.is_null() {
-        return malloc(size);
+        return malloc(size, false);
     }
     if size == 0 {
-        free(p, func);
+        free(p, func, false);
         return ptr::null_mut();
     }
-    let old = usable_size(p, func);
+    let owner = owner_of(p, func);
+    let old = match owner {
+        // SAFETY: sb is a superblock of ours.
+        Owner::Small(sb) => unsafe { (*sb).block_size as usize },
+        Owner::Large(span) => large::usable(span),
+    };
     if size <= old && size > old / 2 {
         return p;
     }
-    let q = malloc(size);
+    // A large block that grows: extend its mapping in place if the kernel can; if it must move, give
+    // it 50% headroom so that a loop that grows a buffer step by step copies O(n) bytes in all (the
+    // headroom is address space: pages not written stay unallocated).
+    let mut new_size = size;
+    if let Owner::Large(span) = owner {
+        if size > old {
+            if large::resize_in_place(span, size) {
+                return p;
+            }
+            new_size = size.max(old.saturating_add(old / 2));
+        }
+    }
+    let mut q = malloc(new_size, false);
+    if q.is_null() && new_size != size {
+        q = malloc(size, false);
+    }
     if q.is_null() {
         return q;
     }
     // SAFETY: p holds `old` bytes, q at least `size`; distinct live blocks.
     unsafe { ptr::copy_nonoverlapping(p, q, old.min(size)) };
-    free(p, func);
+    free(p, func, false);
     q
 }
 
@@ -161,16 +205,13 @@ pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
 pub fn aligned(align: usize, size: usize) -> *mut u8 {
     debug_assert!(align.is_power_of_two());
     if align <= MIN_ALIGN {
-        return malloc(size);
+        return malloc(size, false);
     }
     if align <= MAX_SMALL_ALIGN {
         if let Some(c) = class_of_aligned(size, align) {
-            let mut h = thread::current();
+            let h = thread_heap();
             if h.is_null() {
-                h = global::heap_for_thread();
-                if h.is_null() {
-                    return ptr::null_mut();
-                }
+                return ptr::null_mut();
             }
             // SAFETY: h is the calling thread's heap; blocks of class c start at multiples of `align`.
             return unsafe { heap::alloc(h, c) };
@@ -185,7 +226,7 @@ pub fn trim() -> bool {
     global::ensure_init();
     // Relaxed: statistics.
     global::STATS.trims.fetch_add(1, Ordering::Relaxed);
-    let h = thread::current();
+    let h = thread::any();
     if !h.is_null() {
         // SAFETY: h is the calling thread's heap.
         unsafe { (*h).give_back_empty() };
@@ -246,7 +287,7 @@ pub fn print_stats(fd: i32) {
 
 /// Walks the invariants of the calling thread's heap, the global heap and the large-block cache.
 pub fn check() {
-    let h = thread::current();
+    let h = thread::any();
     if !h.is_null() {
         // SAFETY: the calling thread's own heap.
         unsafe { (*h).check() };
