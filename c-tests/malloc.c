@@ -609,6 +609,72 @@ static void test_stats_moves(void) {
     A->free(p);
     s2 = stats();
     CK("stats-large-live-back", s2.live_bytes == s0.live_bytes);
+
+    /* realloc moves live bytes by exactly the change of usable size, small and large, both ways */
+    static const size_t steps[] = {10, 100, 3000, 20000, 300000, 5 * MiB, 40 * MiB, 1 * MiB, 50000, 200, 1};
+    p = NULL;
+    size_t old_u = 0;
+    int ok = 1;
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        s0 = stats();
+        char *q = A->realloc(p, steps[i]);
+        s1 = stats();
+        if (!q) { ok = 0; break; }
+        size_t nu = A->usable(q);
+        ok &= s1.live_bytes - s0.live_bytes == nu - old_u;
+        if (s1.live_bytes - s0.live_bytes != nu - old_u)
+            fprintf(stderr, "%s: realloc to %zu: live %zu -> %zu, usable %zu -> %zu\n", A->name, steps[i], s0.live_bytes,
+                    s1.live_bytes, old_u, nu);
+        p = q;
+        old_u = nu;
+    }
+    CK("stats-realloc-live-exact", ok);
+    A->free(p);
+}
+
+/* Large blocks grown and shrunk by realloc (in place or moved), with other large blocks in between,
+ * also over-aligned ones: the contents follow (head, tail and one word per page are checked). */
+static void big_fill(char *p, size_t n, uint32_t seed) {
+    for (size_t i = 0; i < n; i += 4096) p[i] = (char)pat(seed, i / 4096);
+    fill(p, n < 8192 ? n : 8192, seed);
+    p[n - 1] = (char)(seed ^ 0x5a);
+}
+/* The first `keep` bytes of a block that big_fill(p, n, seed) filled. */
+static int big_intact(const char *p, size_t keep, size_t n, uint32_t seed) {
+    int ok = intact(p, keep < 8192 ? keep : 8192, seed);
+    for (size_t i = 8192; i < keep; i += 4096) ok &= p[i] == (char)pat(seed, i / 4096);
+    if (keep == n) ok &= p[n - 1] == (char)(seed ^ 0x5a);
+    return ok;
+}
+static void test_large_realloc(void) {
+    static const size_t chain[] = {20 * KiB, 100 * KiB, 1 * MiB, 1 * MiB + 4096, 3 * MiB, 9 * MiB, 33 * MiB,
+                                   64 * MiB, 20 * MiB, 2 * MiB, 600 * KiB, 40 * KiB, 5 * MiB};
+    int ok_nonnull = 1, ok_kept = 1, ok_usable = 1;
+    for (int variant = 0; variant < 2; variant++) {
+        size_t n = chain[0];
+        char *p = variant ? A->aligned_alloc(1 * MiB, n) : A->malloc(n);
+        void *others[16] = {0};
+        if (!p) { ok_nonnull = 0; continue; }
+        uint32_t seed = 900 + (uint32_t)variant;
+        fill(p, n, seed);
+        for (size_t i = 1; i < sizeof chain / sizeof chain[0]; i++) {
+            others[i] = A->malloc(chain[i] / 2); /* a neighbour, so that growth in place is not a given */
+            char *q = A->realloc(p, chain[i]);
+            if (!q) { ok_nonnull = 0; break; }
+            size_t keep = n < chain[i] ? n : chain[i];
+            ok_kept &= i == 1 ? intact(q, keep, seed) : big_intact(q, keep, n, seed);
+            ok_usable &= A->usable(q) >= chain[i] && aligned(q, 16);
+            p = q;
+            n = chain[i];
+            big_fill(p, n, ++seed);
+            if (i % 3 == 0) { A->free(others[i - 1]); others[i - 1] = NULL; }
+        }
+        A->free(p);
+        for (int i = 0; i < 16; i++) A->free(others[i]);
+    }
+    CK("large-realloc-nonnull", ok_nonnull);
+    CK("large-realloc-contents", ok_kept);
+    CK("large-realloc-usable", ok_usable);
 }
 
 /* Trim gives free memory back and counts the call. */
@@ -926,6 +992,7 @@ int main(int argc, char **argv) {
         test_errors();
         test_alignments();
         test_stats_moves();
+        test_large_realloc();
         test_trim();
     }
     test_reports();

@@ -16,6 +16,7 @@
  *     time never share a 64-byte cache line (active false sharing), and a block freed by a thread other
  *     than its owner goes back to the owner's superblock, never to the freeing thread's next malloc
  *     (passive false sharing);
+ *   - a phase of large blocks only (32 KiB .. 4 MiB, alignments to 2 MiB, realloc, hand-offs) from 8 threads;
  *   - the whole run is done twice: as is, then (the program re-executes itself) with
  *     RALLOCS_PURGE_DELAY_MS=0, so that empty superblocks are decommitted while other threads adopt;
  *   - at the end live_bytes is back at its baseline (no leak: a few KiB of slack for what glibc's own
@@ -145,15 +146,15 @@ static void destroy(blk_t b, uint64_t *r) {
     else free(b.p);
 }
 
-static blk_t grow(blk_t b, uint64_t *r) {
+static blk_t grow_to(blk_t b, size_t ns) {
     if (!intact(b.p, b.size)) bad("pattern corrupted before realloc", b.p, b.size);
-    size_t ns = pick_size(r);
     uintptr_t old = (uintptr_t)b.p; /* the pattern's key, kept as a number across the realloc */
     void *q = realloc(b.p, ns);
     if (!q) {
         bad("realloc returned NULL", b.p, ns);
         return b;
     }
+    if ((uintptr_t)q & 15) bad("realloc result not 16-byte aligned", q, ns);
     /* The old pattern (made for the old address and size) must have moved with the block. */
     size_t keep = ns < b.size ? ns : b.size;
     uint64_t *w = q;
@@ -166,6 +167,8 @@ static blk_t grow(blk_t b, uint64_t *r) {
     fill(nb.p, nb.size);
     return nb;
 }
+
+static blk_t grow(blk_t b, uint64_t *r) { return grow_to(b, pick_size(r)); }
 
 typedef struct worker {
     pthread_t th;
@@ -350,6 +353,75 @@ static void test_passive_false_sharing(void) {
     CHECK("passive-false-sharing-none", ps_hits == 0);
 }
 
+/* ---- Large blocks from many threads at once: malloc, aligned_alloc, realloc (in place or moved),
+ * handed between threads, freed remotely. ---- */
+enum { LG_THREADS = 8, LG_OPS = 150, LG_SLOTS = 32 };
+static blk_t lg_slots[LG_SLOTS];
+static pthread_mutex_t lg_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static size_t lg_size(uint64_t *r) { /* 32 KiB .. 4 MiB, log-uniform */
+    unsigned shift = 15 + (unsigned)(rng_next(r) % 7);
+    size_t base = (size_t)1 << shift;
+    return base + (size_t)(rng_next(r) % base);
+}
+
+static void *lg_worker(void *arg) {
+    uint64_t r = 0xABCDEF12345ULL + (uint64_t)(uintptr_t)arg * 7919;
+    blk_t mine[4] = {{0}};
+    for (int op = 0; op < LG_OPS; op++) {
+        int k = (int)(rng_next(&r) % 4);
+        unsigned c = (unsigned)(rng_next(&r) % 10);
+        if (!mine[k].p) {
+            size_t n = lg_size(&r);
+            if (c < 3) {
+                size_t al = (size_t)65536 << (rng_next(&r) % 6); /* 64 KiB .. 2 MiB */
+                mine[k].p = aligned_alloc(al, n);
+                if (mine[k].p && ((uintptr_t)mine[k].p & (al - 1))) bad("large aligned_alloc misaligned", mine[k].p, n);
+            } else {
+                mine[k].p = malloc(n);
+            }
+            if (!mine[k].p) { bad("large allocation returned NULL", NULL, n); continue; }
+            if (malloc_usable_size(mine[k].p) < n) bad("large usable size < request", mine[k].p, n);
+            mine[k].size = n;
+            fill(mine[k].p, n);
+        } else if (c < 4) {
+            mine[k] = grow_to(mine[k], lg_size(&r));
+        } else if (c < 7) {
+            size_t s = rng_next(&r) % LG_SLOTS;
+            pthread_mutex_lock(&lg_mu);
+            blk_t got = lg_slots[s];
+            lg_slots[s] = mine[k];
+            pthread_mutex_unlock(&lg_mu);
+            mine[k] = got;
+        } else {
+            destroy(mine[k], &r);
+            mine[k].p = NULL;
+        }
+    }
+    for (int k = 0; k < 4; k++) destroy(mine[k], &r);
+    return NULL;
+}
+
+static void test_large_threads(void) {
+    rallocs_stats_t s0, s1;
+    rallocs_stats_get(&s0);
+    pthread_t t[LG_THREADS];
+    for (uintptr_t i = 0; i < LG_THREADS; i++) pthread_create(&t[i], NULL, lg_worker, (void *)i);
+    for (int i = 0; i < LG_THREADS; i++) pthread_join(t[i], NULL);
+    uint64_t r = 5;
+    for (int s = 0; s < LG_SLOTS; s++) {
+        destroy(lg_slots[s], &r);
+        lg_slots[s].p = NULL;
+    }
+    rallocs_stats_get(&s1);
+    printf("malloc_stress: large blocks from %d threads: live %zu -> %zu, large_blocks %zu -> %zu, committed %.1f MiB\n",
+           (int)LG_THREADS, s0.live_bytes, s1.live_bytes, s0.large_blocks, s1.large_blocks,
+           s1.committed_bytes / 1048576.0);
+    CHECK("large-threads-no-errors", atomic_load(&errors) == 0);
+    CHECK("large-threads-live-back", s1.live_bytes <= s0.live_bytes + 64 * 1024 && s1.live_bytes + 1024 >= s0.live_bytes);
+    CHECK("large-threads-large-blocks-back", s1.large_blocks == s0.large_blocks);
+}
+
 static void *idle(void *arg) {
     void *p = malloc(64);
     free(p);
@@ -361,6 +433,7 @@ int main(void) {
     /* Warm up glibc's thread machinery (stack cache, its own small allocations) before the baseline. */
     test_active_false_sharing();
     test_passive_false_sharing();
+    test_large_threads();
     pthread_t idle_th[WORKERS];
     for (int i = 0; i < WORKERS; i++) pthread_create(&idle_th[i], NULL, idle, NULL);
     for (int i = 0; i < WORKERS; i++) pthread_join(idle_th[i], NULL);
@@ -401,8 +474,10 @@ int main(void) {
     CHECK("all-ops-ran", atomic_load(&total_ops) == (unsigned long)ROUNDS * WORKERS * OPS);
     CHECK("no-pattern-or-alignment-errors", atomic_load(&errors) == 0);
     CHECK("test-did-cross-thread-frees", atomic_load(&cross_frees) > 10000 && drained > 100);
+    /* Up: glibc's thread machinery may keep a few small blocks (DTVs of cached stacks). Down: nothing
+     * that was live at the baseline has been freed, so live bytes may not fall below it (1 KiB of slack). */
     CHECK("live-bytes-back-to-baseline",
-          s1.live_bytes <= s0.live_bytes + 64 * 1024 && s1.live_bytes + 64 * 1024 >= s0.live_bytes);
+          s1.live_bytes <= s0.live_bytes + 64 * 1024 && s1.live_bytes + 1024 >= s0.live_bytes);
     CHECK("mallocs-counted", mallocs >= atomic_load(&total_ops) / 4);
     CHECK("mallocs-equal-frees", mallocs <= frees + 64 && frees <= mallocs + 64);
     CHECK("remote-frees-counted", remote > 0 && remote <= frees);
