@@ -19,6 +19,7 @@ build=$(cd "${1:?usage: preload-test.sh BUILD_DIR}" && pwd)
 lib="$build/librallocs.so"
 [ -e "$lib" ] || { echo "preload-test: $lib missing" >&2; exit 1; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/rallocs-preload.XXXXXX")
+export root tmp
 trap 'rm -rf "$tmp"' EXIT
 passed=0
 failed=0
@@ -70,11 +71,15 @@ compare() {
         rm -rf "$tmp/work" "$tmp/home"
         mkdir -p "$tmp/work" "$tmp/home"
         local status=0
+        # A separate bash with errexit (inside `... || status=$?` this shell would ignore a failing step).
+        local script
+        script="$(declare -f "$fn"); $fn"
         if [ $mode = plain ]; then
-            (cd "$tmp/work" && "$fn") >"$tmp/$name.$mode.out" 2>"$tmp/$name.$mode.err" || status=$?
-        else
-            (cd "$tmp/work" && export LD_PRELOAD="$lib" && "$fn") >"$tmp/$name.$mode.out" 2>"$tmp/$name.$mode.err" ||
+            (cd "$tmp/work" && bash -euo pipefail -c "$script") >"$tmp/$name.$mode.out" 2>"$tmp/$name.$mode.err" ||
                 status=$?
+        else
+            (cd "$tmp/work" && LD_PRELOAD="$lib" bash -euo pipefail -c "$script") >"$tmp/$name.$mode.out" \
+                2>"$tmp/$name.$mode.err" || status=$?
         fi
         echo "exit status $status" >>"$tmp/$name.$mode.out"
     done
