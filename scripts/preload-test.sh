@@ -48,7 +48,8 @@ if out=$(LD_PRELOAD="$lib" python3 -c "$check_py" "$lib" 2>&1); then
 else
     fail "preload takes effect (python3 failed)" "$out"
 fi
-if LD_PRELOAD="$lib" cat /proc/self/maps | grep -q "librallocs\.so"; then ok "preloaded process maps librallocs.so"
+maps=$(LD_PRELOAD="$lib" cat /proc/self/maps) # (not piped into grep -q: cat could die of SIGPIPE)
+if grep -q "librallocs\.so" <<<"$maps"; then ok "preloaded process maps librallocs.so"
 else fail "preloaded process maps librallocs.so"; fi
 # The programs of part 2 (and the compiler proper, cc1, that gcc runs) allocate through rallocs: with
 # RALLOCS_SHOW_STATS=1 every preloaded process prints its statistics at exit. (sort closes stderr
