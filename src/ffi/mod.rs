@@ -7,4 +7,5 @@
 
 pub mod malloc;
 pub mod types;
+pub mod region;
 pub mod version;

@@ -19,7 +19,7 @@
 
 use super::global;
 use super::list::List;
-use super::superblock::{Block, Place, Superblock};
+use super::superblock::{self, Block, Place, Superblock};
 use super::thread;
 use crate::config::{
     EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP, SUPERBLOCK_SIZE,
@@ -69,7 +69,7 @@ pub struct HeapStats {
 /// A thread heap. Lives in global metadata memory; reused after its thread exits.
 #[repr(C, align(64))]
 pub struct Heap {
-    /// Current superblock per class (null: none).
+    /// Current superblock per class ([`superblock::none()`] when there is none: never null).
     pub cur: [*mut Superblock; NCLASSES],
     /// `u`: bytes of blocks handed out from this heap's superblocks (owner writes, anyone reads).
     pub in_use: AtomicUsize,
@@ -108,8 +108,12 @@ impl Heap {
     /// `h` points to writable, unused memory for a Heap.
     pub unsafe fn init(h: *mut Heap) {
         // SAFETY: the caller gives us the memory; an all-zero Heap is valid (null pointers, empty lists,
-        // zero counters, alive = false), so zeroing initialises every field.
-        unsafe { ptr::write_bytes(h, 0, 1) };
+        // zero counters, alive = false), so zeroing initialises every field; then no class has a
+        // current superblock.
+        unsafe {
+            ptr::write_bytes(h, 0, 1);
+            (*h).cur = [superblock::none(); NCLASSES];
+        }
     }
 
     fn recompute_threshold(&mut self) {
@@ -167,7 +171,7 @@ impl Heap {
                 Place::Partial => self.partial[c][r.bin as usize].remove(sb),
                 Place::Full => self.full[c].remove(sb),
                 Place::Empty => self.empty.remove(sb),
-                Place::Current => self.cur[c] = ptr::null_mut(),
+                Place::Current => self.cur[c] = superblock::none(),
                 _ => {}
             }
         }
@@ -175,7 +179,7 @@ impl Heap {
     }
 
     /// Takes ownership of a superblock that nobody owns (fresh, or from the global heap).
-    pub fn adopt(&mut self, sb: *mut Superblock) {
+    fn adopt(&mut self, sb: *mut Superblock) {
         let me: *mut Heap = self;
         // SAFETY: the global heap handed sb over under its lock: nobody else uses its owner fields.
         let r = unsafe { &mut *sb };
@@ -206,7 +210,8 @@ impl Heap {
         sub_usize(&self.held, SUPERBLOCK_SIZE);
         sub_usize(&self.in_use, r.used as usize * r.block_size as usize);
         self.recompute_threshold();
-        global::give(sb);
+        // SAFETY: sb was ours, is detached, and is off our accounts.
+        unsafe { global::give(sb) };
     }
 
     /// Restores the emptiness invariant: while `u < a - K*S` and `u < (1-f) a`, move a superblock that
@@ -311,7 +316,7 @@ impl Heap {
             held += SUPERBLOCK_SIZE;
         };
         for c in 0..NCLASSES {
-            if !self.cur[c].is_null() {
+            if self.cur[c] != superblock::none() {
                 // SAFETY: current superblocks are valid and ours.
                 let r = unsafe { &*self.cur[c] };
                 assert_eq!(r.class as usize, c);
@@ -346,18 +351,17 @@ impl Heap {
 /// `h` is the calling thread's heap.
 #[inline(always)]
 pub unsafe fn alloc(h: *mut Heap, c: usize) -> *mut u8 {
-    // SAFETY: h is the caller's own heap; cur[c] is null or a superblock it owns.
+    // SAFETY: h is the caller's own heap; cur[c] is a superblock it owns or the never-written empty
+    // placeholder, whose free list is empty.
     unsafe {
         let sb = (*h).cur[c];
-        if !sb.is_null() {
-            let b = (*sb).free;
-            if !b.is_null() {
-                (*sb).free = (*b).next;
-                (*sb).used += 1;
-                add_usize(&(*h).in_use, (*sb).block_size as usize);
-                (*h).stats.mallocs.add(1);
-                return b.cast();
-            }
+        let b = (*sb).free;
+        if !b.is_null() {
+            (*sb).free = (*b).next;
+            (*sb).used += 1;
+            add_usize(&(*h).in_use, (*sb).block_size as usize);
+            (*h).stats.mallocs.add(1);
+            return b.cast();
         }
         alloc_slow(h, c)
     }
@@ -374,16 +378,17 @@ pub unsafe fn alloc_slow(h: *mut Heap, c: usize) -> *mut u8 {
     // SAFETY: h is the caller's own heap (no one else touches it).
     let heap = unsafe { &mut *h };
     let sb = heap.cur[c];
-    if !sb.is_null() {
+    if sb != superblock::none() {
         // SAFETY: the current superblock is ours.
         let r = unsafe { &mut *sb };
         if heap.collect(r) == 0 && !r.carve() {
-            heap.cur[c] = ptr::null_mut();
+            heap.cur[c] = superblock::none();
             r.place = Place::Detached;
             heap.put_full(sb);
         }
     }
-    if heap.cur[c].is_null() && !heap.refill(c) {
+    if heap.cur[c] == superblock::none() && !heap.refill(c) {
+        crate::os::set_errno(libc::ENOMEM);
         return ptr::null_mut();
     }
     // SAFETY: cur[c] is now a superblock with free, remote or untouched blocks: carve if the list is
@@ -511,8 +516,8 @@ pub unsafe fn abandon(h: *mut Heap) {
     let heap = unsafe { &mut *h };
     for c in 0..NCLASSES {
         let sb = heap.cur[c];
-        if !sb.is_null() {
-            heap.cur[c] = ptr::null_mut();
+        if sb != superblock::none() {
+            heap.cur[c] = superblock::none();
             // SAFETY: the current superblock is ours.
             unsafe { (*sb).place = Place::Detached };
             heap.release_collected(sb);
@@ -541,7 +546,8 @@ pub unsafe fn abandon(h: *mut Heap) {
         }
         heap.release_collected(sb);
     }
-    global::recycle_heap(h);
+    // SAFETY: every superblock went to the global heap above; the thread no longer uses h.
+    unsafe { global::recycle_heap(h) };
 }
 
 impl Heap {

@@ -31,7 +31,8 @@ use core::ptr;
 use core::sync::atomic::Ordering;
 use superblock::Superblock;
 
-/// Allocates `size` bytes (16-byte aligned; 0 counts as 1). Null when out of memory. `record`: report
+/// Allocates `size` bytes (16-byte aligned; 0 counts as 1). Null with `errno = ENOMEM` when out of
+/// memory (only the slow paths can fail, so the fast path never touches errno). `record`: report
 /// the call to the trace recorder (entry points do; calls inside calloc or realloc do not). Recording
 /// happens only on the slow path: while tracing, threads have no heap in the fast slot.
 #[inline(always)]
@@ -55,13 +56,17 @@ fn malloc_slow(size: usize, record: bool) -> *mut u8 {
     } else {
         let h = thread_heap();
         if h.is_null() {
-            return ptr::null_mut();
+            ptr::null_mut()
+        } else {
+            // SAFETY: h is the calling thread's heap.
+            unsafe { heap::alloc(h, class_of(size)) }
         }
-        // SAFETY: h is the calling thread's heap.
-        unsafe { heap::alloc(h, class_of(size)) }
     };
     if record {
         crate::trace::record(crate::trace::Op::Malloc, p, ptr::null_mut(), size, 0);
+    }
+    if p.is_null() {
+        crate::os::set_errno(libc::ENOMEM);
     }
     p
 }
@@ -87,7 +92,8 @@ enum Owner {
 #[inline(always)]
 fn owner_of(p: *mut u8, func: &str) -> Owner {
     let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
-    if addrmap::kind(chunk) == addrmap::SUPERBLOCK && chunk != p as usize {
+    // (A superblock's first byte is its header: `p == chunk` fails the block check below.)
+    if addrmap::kind(chunk) == addrmap::SUPERBLOCK {
         let sb = chunk as *mut Superblock;
         // SAFETY: the address map says a superblock header of ours is at `chunk`.
         if unsafe { (*sb).is_block_start(p) } {
@@ -108,8 +114,12 @@ fn owner_of_large(p: *mut u8, func: &str) -> Owner {
 
 /// Frees `p` (NULL: nothing). `func` names the entry point in the abort message for a bad pointer;
 /// `record` as for [`malloc`].
+///
+/// # Safety
+/// `p` is NULL or a block this allocator returned that is still live. A pointer the allocator never
+/// returned is detected and aborts; a block freed twice is not always detected.
 #[inline(always)]
-pub fn free(p: *mut u8, func: &str, record: bool) {
+pub unsafe fn free(p: *mut u8, func: &str, record: bool) {
     if p.is_null() {
         return;
     }
@@ -126,7 +136,10 @@ pub fn free(p: *mut u8, func: &str, record: bool) {
 }
 
 /// Usable size of the live block `p` (0 for NULL).
-pub fn usable_size(p: *mut u8, func: &str) -> usize {
+///
+/// # Safety
+/// As for [`free`]; the block stays live.
+pub unsafe fn usable_size(p: *mut u8, func: &str) -> usize {
     if p.is_null() {
         return 0;
     }
@@ -158,12 +171,16 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
 /// glibc's realloc: NULL `p` allocates; size 0 frees and returns NULL; otherwise resizes, in place when
 /// the block already fits and is not more than twice the request, else by allocate-copy-free. On
 /// failure returns NULL and leaves `p` untouched.
-pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
+///
+/// # Safety
+/// As for [`free`]: `p` is NULL or a live block of this allocator, which the call takes over.
+pub unsafe fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if p.is_null() {
         return malloc(size, false);
     }
     if size == 0 {
-        free(p, func, false);
+        // SAFETY: the caller passes a live block and gives it up.
+        unsafe { free(p, func, false) };
         return ptr::null_mut();
     }
     let owner = owner_of(p, func);
@@ -175,17 +192,18 @@ pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if size <= old && size > old / 2 {
         return p;
     }
-    // A large block that grows: extend its mapping in place if the kernel can; if it must move, give
-    // it 50% headroom so that a loop that grows a buffer step by step copies O(n) bytes in all (the
-    // headroom is address space: pages not written stay unallocated).
+    // A block that grows into or within the large sizes: extend a large mapping in place if the kernel
+    // can; if it must move, give it 100% headroom so that a loop that grows a buffer step by step copies
+    // O(n) bytes and maps O(log n) times in all (the headroom is address space: pages not written stay
+    // unallocated).
     let mut new_size = size;
-    if let Owner::Large(span) = owner {
-        if size > old {
+    if size > old && size > MAX_SMALL_SIZE {
+        if let Owner::Large(span) = owner {
             if large::resize_in_place(span, size) {
                 return p;
             }
-            new_size = size.max(old.saturating_add(old / 2));
         }
+        new_size = size.max(old.saturating_mul(2));
     }
     let mut q = malloc(new_size, false);
     if q.is_null() && new_size != size {
@@ -194,9 +212,12 @@ pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if q.is_null() {
         return q;
     }
-    // SAFETY: p holds `old` bytes, q at least `size`; distinct live blocks.
-    unsafe { ptr::copy_nonoverlapping(p, q, old.min(size)) };
-    free(p, func, false);
+    // SAFETY: p holds `old` bytes, q at least `size`; distinct live blocks; then p, whose contents
+    // moved, is given up.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old.min(size));
+        free(p, func, false);
+    }
     q
 }
 

@@ -96,6 +96,43 @@ pub struct Superblock {
 }
 
 const _: () = assert!(core::mem::offset_of!(Superblock, thread_free) == 64);
+
+/// A superblock with no blocks, which every class of a heap points at while it has no current
+/// superblock: the allocation fast path then needs no null check (its empty free list sends it to the
+/// slow path). Never written.
+pub struct NoSuperblock(Superblock);
+
+// SAFETY: NO_SUPERBLOCK is never written after its constant initialisation; sharing reads is safe.
+unsafe impl Sync for NoSuperblock {}
+
+/// See [`NoSuperblock`].
+pub static NO_SUPERBLOCK: NoSuperblock = NoSuperblock(Superblock {
+    free: ptr::null_mut(),
+    used: 0,
+    capacity: 0,
+    bump: 0,
+    carved_bytes: 0,
+    rebin_below: 0,
+    block_size: 0,
+    magic: 0,
+    class: 0,
+    place: Place::Detached,
+    bin: 0,
+    purged: false,
+    div_magic: 0,
+    owner: AtomicPtr::new(GLOBAL_OWNER),
+    _pad: 0,
+    thread_free: AtomicPtr::new(ptr::null_mut()),
+    next: ptr::null_mut(),
+    prev: ptr::null_mut(),
+    empty_since_ms: 0,
+});
+
+/// The placeholder for "no current superblock".
+#[inline(always)]
+pub fn none() -> *mut Superblock {
+    &NO_SUPERBLOCK.0 as *const Superblock as *mut Superblock
+}
 const _: () = assert!(core::mem::size_of::<Superblock>() <= SUPERBLOCK_HEADER);
 
 impl Superblock {
