@@ -2,7 +2,8 @@
 #
 #   make              librallocs.so.$(VERSION) (+ symlinks), librallocs.a and rallocs.pc in build/,
 #                     and a check that include/rallocs.h matches the sources
-#   make test         everything: Rust unit tests, ABI check, library checks, C tests, install test
+#   make test         everything: Rust unit tests, ABI check, library checks, C tests, install test,
+#                     real programs under LD_PRELOAD
 #   make install      PREFIX=/usr/local DESTDIR= (also LIBDIR, INCLUDEDIR, PKGCONFIGDIR)
 #   make uninstall    the same variables
 #   make header       regenerate include/rallocs.h after changing an extern "C" item
@@ -41,7 +42,7 @@ DESTDIR ?=
 BUILD := build
 SO := librallocs.so.$(VERSION)
 
-.PHONY: all lib header check-header test unit-test abi-test check-lib c-tests install-test install uninstall clean
+.PHONY: all lib header check-header test unit-test abi-test check-lib c-tests preload-test install-test install uninstall clean
 .PHONY: bimp-preload bimp-preload-test bimp-variant-test
 
 all: lib check-header $(BUILD)/rallocs.pc bimp-preload
@@ -83,7 +84,7 @@ check-header: lib
 header: lib
 	cp target/include/rallocs.h include/rallocs.h
 
-test: all unit-test abi-test check-lib install-test c-tests bimp-variant-test bimp-preload-test
+test: all unit-test abi-test check-lib install-test c-tests preload-test bimp-variant-test bimp-preload-test
 
 # Unit and model tests. `override` is off so the test harness itself keeps glibc's malloc.
 unit-test:
@@ -108,6 +109,10 @@ bimp-variant-test: lib
 # ls, git, python3 and a C program under LD_PRELOAD=build/librallocs-bimp.so behave as without it.
 bimp-preload-test: bimp-preload
 	CC="$(CC)" scripts/bimp-preload-test.sh $(BUILD)
+
+# python3, git, gcc and sort under LD_PRELOAD=librallocs.so give the same output as without it.
+preload-test: all
+	scripts/preload-test.sh $(BUILD)
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
