@@ -15,3 +15,46 @@ pub const DIAG_LINE_MAX: usize = 256;
 const _: () = assert!(MIN_ALIGN.is_power_of_two() && MIN_ALIGN >= core::mem::align_of::<u128>());
 const _: () = assert!(PAGE_SIZE.is_power_of_two() && PAGE_SIZE % MIN_ALIGN == 0);
 const _: () = assert!(DIAG_LINE_MAX >= 64);
+
+// ---- rmalloc (relocatable handles over a compacting heap, `src/rm/`) ----
+
+/// Bytes of address space reserved for the rmalloc heap (committed as it grows, capped by `rmsetlimit`).
+/// 16 GiB: address space only (`MAP_NORESERVE`); the largest single block is below this.
+pub const RM_HEAP_RESERVE: usize = 16 << 30;
+
+/// Maximum number of rmalloc handles: the handle table reserves `RM_MAX_HANDLES * RM_SLOT_SIZE` bytes
+/// (2^26 slots * 32 B = 2 GiB of address space) and commits it in [`RM_TABLE_COMMIT`] steps.
+pub const RM_MAX_HANDLES: usize = 1 << 26;
+
+/// Size and alignment of one handle slot. A handle is the slot's address plus the low 5 bits of the
+/// slot's generation, so the slot size is also the number of distinct generation tags (32).
+pub const RM_SLOT_SIZE: usize = 32;
+
+/// Bytes of the handle table committed at a time (64 KiB = 2048 slots).
+pub const RM_TABLE_COMMIT: usize = 64 << 10;
+
+/// Bytes of the heap committed at least at a time when the heap grows (64 KiB).
+pub const RM_HEAP_COMMIT: usize = 64 << 10;
+
+/// Committed bytes past the end of the heap that are kept when a free shrinks the heap; more than this
+/// is given back to the OS (`os::decommit`). A completed compaction gives back everything past the end.
+pub const RM_DECOMMIT_SLACK: usize = 1 << 20;
+
+/// A freed handle slot is reused only when at least this many freed slots wait in the FIFO queue (or
+/// the table cannot grow): a stale handle then still finds its slot marked freed for a long time, and
+/// after reuse the 5-bit generation tag in the handle still tells it apart 31 times out of 32.
+pub const RM_HANDLE_REUSE_DELAY: usize = 1024;
+
+/// Compaction reads the clock after this many blocks, or after moving [`RM_COMPACT_CHECK_BYTES`], so a
+/// budgeted `rmcompact` overshoots by at most that much work plus one block.
+pub const RM_COMPACT_CHECK_BLOCKS: usize = 16;
+
+/// See [`RM_COMPACT_CHECK_BLOCKS`] (64 KiB: about 10 µs of copying).
+pub const RM_COMPACT_CHECK_BYTES: usize = 64 << 10;
+
+const _: () = assert!(RM_SLOT_SIZE.is_power_of_two() && RM_SLOT_SIZE >= 32);
+const _: () = assert!(RM_TABLE_COMMIT % PAGE_SIZE == 0 && RM_TABLE_COMMIT % RM_SLOT_SIZE == 0);
+const _: () = assert!(RM_HEAP_COMMIT % PAGE_SIZE == 0 && RM_HEAP_RESERVE % RM_HEAP_COMMIT == 0);
+const _: () = assert!((RM_MAX_HANDLES as u64) < u32::MAX as u64);
+// Block sizes are stored in 16-byte units in 31 bits: the heap must stay below 32 GiB.
+const _: () = assert!((RM_HEAP_RESERVE as u64) < (1u64 << 35));

@@ -18,6 +18,7 @@ pub mod config;
 pub mod diag;
 pub mod ffi;
 pub mod os;
+pub mod rm;
 pub mod sync;
 
 /// The crate version as a NUL-terminated string, as `rallocs_version()` returns it.

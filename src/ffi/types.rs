@@ -7,3 +7,60 @@
 /// Alignment, in bytes, of every pointer that the malloc-style functions of rallocs return (the
 /// alignment of `max_align_t`). Requests for a larger alignment go through the aligned entry points.
 pub const RALLOCS_MIN_ALIGN: usize = 16;
+
+// ---- rmalloc: relocatable handles over a compacting heap ----
+
+/// An rmalloc handle: opaque. Its address never changes while the block it names moves during
+/// compaction; reach the bytes with `rmlock` and release them with `rmunlock`.
+#[allow(non_camel_case_types)]
+pub struct rm_memory_t {
+    _opaque: [u8; 0],
+}
+
+/// The result of every rmalloc call that can fail.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum rm_status_t {
+    /// Success.
+    RM_OK = 0,
+    /// A NULL handle or out-parameter.
+    RM_INVALID_ARGUMENT,
+    /// No memory within the limit (after compacting and purging), or a size that overflows.
+    RM_OUT_OF_MEMORY,
+    /// A handle that rmalloc did not return, or that was freed.
+    RM_INVALID_HANDLE,
+    /// `rmfree` of a locked handle, or `rmrealloc` that would have to move a locked block.
+    RM_LOCKED,
+    /// `rmunlock` of a handle whose lock count is zero.
+    RM_NOT_LOCKED,
+    /// `rmlock` of a purgeable block that was discarded; `rmrealloc` revives the handle.
+    RM_PURGED,
+}
+
+/// A snapshot of the rmalloc heap, filled by `rm_stats_get`. Sizes are bytes.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct rm_stats_t {
+    /// Heap memory committed from the OS.
+    pub capacity: usize,
+    /// Bytes in live blocks (block headers and rounding included).
+    pub used: usize,
+    /// `capacity - used`: free blocks plus the committed run at the end of the heap.
+    pub free: usize,
+    /// The largest contiguous free run (a free block or the committed run at the end).
+    pub largest_free: usize,
+    /// `1 - largest_free / free` (0 when nothing is free): 0 means all free space is one run.
+    pub fragmentation: f64,
+    /// Handles allocated and not freed (purged ones included).
+    pub handles: usize,
+    /// Compaction passes run (by `rmcompact` or by an allocation that did not fit).
+    pub compactions: u64,
+    /// Bytes moved by compaction, in total.
+    pub bytes_moved: u64,
+    /// The longest time one compaction held the heap, in nanoseconds.
+    pub longest_pause_ns: u64,
+    /// Purgeable blocks discarded to make room.
+    pub purges: u64,
+}

@@ -1,0 +1,171 @@
+//! Compaction and purging: making room in the heap by moving and discarding blocks.
+//!
+//! Compaction walks the blocks in address order with two cursors: `scan`, the next block to visit,
+//! and `dest`, where the next movable block goes. Free blocks are taken out of their lists and become
+//! part of the gap `[dest, scan)`; an unlocked live block is pinned (its slot's state goes from count
+//! 0 to MOVING with one compare-exchange, so a concurrent `rmlock` either got in first, and the block
+//! stays, or waits until the bit clears), copied down to `dest`, its slot updated, and unpinned; a
+//! locked block stays where it is, the gap before it becomes a free block, and `dest` jumps past it.
+//! When `scan` reaches `top` the trailing gap joins the wilderness and the pages past the new `top`
+//! go back to the OS.
+//!
+//! With a time budget the walk reads the clock every `RM_COMPACT_CHECK_BLOCKS` blocks or
+//! `RM_COMPACT_CHECK_BYTES` moved bytes; when the budget is spent it closes the gap as a free block and
+//! remembers `dest` in `heap.resume`, where the next budgeted call continues (see `Heap::absorbed` for
+//! how the resume point survives frees in between). A full compaction (budget 0) starts at the heap's
+//! start. The overshoot is at most the work between two clock reads: `RM_COMPACT_CHECK_BLOCKS` blocks
+//! or `RM_COMPACT_CHECK_BYTES` bytes, plus one block.
+
+use super::heap::{hsize, htag, rd, wr};
+use super::table::{Table, COUNT_MASK, LIVE, MOVING, PURGEABLE, PURGED};
+use super::Inner;
+use crate::config::{RM_COMPACT_CHECK_BLOCKS, RM_COMPACT_CHECK_BYTES};
+use core::sync::atomic::Ordering;
+
+/// Monotonic clock in nanoseconds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Runs one compaction (`budget_ns == 0`: a full pass from the start). Returns true when the pass
+/// reached the end of the heap. Called with the heap mutex held.
+pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
+    let t0 = now_ns();
+    let h = &mut inner.heap;
+    if h.base == 0 {
+        return true;
+    }
+    let full = budget_ns == 0;
+    let from = if full { h.start } else { h.resume };
+    let (mut scan, mut dest) = (from, from);
+    let (mut blocks, mut bytes, mut moved) = (0usize, 0usize, 0u64);
+    let done = loop {
+        if scan >= h.top {
+            break true;
+        }
+        // SAFETY: scan is a block boundary in [start, top): it starts at one (start or the resume
+        // point) and advances by block sizes.
+        let hd = unsafe { rd(scan) };
+        let size = hsize(hd);
+        let tag = htag(hd);
+        if tag == 0 {
+            // SAFETY: a free block at a boundary is listed.
+            unsafe { h.remove_free(scan) };
+            scan += size;
+            continue;
+        }
+        if dest == scan {
+            scan += size;
+            dest = scan;
+        } else {
+            // SAFETY: a live block's tag names a slot below the high-water mark.
+            let slot = unsafe { table.slot(tag - 1) };
+            let pinned = loop {
+                // Relaxed peek; the compare-exchange below does the ordering.
+                let s = slot.state.load(Ordering::Relaxed);
+                if s & (COUNT_MASK | MOVING) != 0 {
+                    break false;
+                }
+                // Acquire pairs with the Release decrement in `rmunlock`: the program's writes to the
+                // block are visible before it is copied.
+                if slot.state.compare_exchange(s, s | MOVING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    break true;
+                }
+            };
+            if pinned {
+                // SAFETY: [scan, scan + size) is a live block nobody can lock while MOVING is set;
+                // [dest, scan) is the gap, so the copy stays inside the heap (overlap is allowed).
+                unsafe {
+                    core::ptr::copy(scan as *const u8, dest as *mut u8, size);
+                    wr(dest, hd & !1);
+                }
+                // Relaxed: published by the Release below.
+                slot.block.store(dest, Ordering::Relaxed);
+                // Release pairs with the Acquire compare-exchange in `rmlock`: the new address and the
+                // moved bytes are visible to whoever locks the block next.
+                slot.state.fetch_and(!MOVING, Ordering::Release);
+                moved += size as u64;
+                bytes += size;
+                dest += size;
+                scan += size;
+            } else {
+                // Locked: it stays; the gap before it becomes a free block.
+                // SAFETY: [dest, scan) is unused heap after a live block; scan is a live block.
+                unsafe {
+                    h.insert_free(dest, scan - dest);
+                    wr(scan, hd | 1);
+                }
+                scan += size;
+                dest = scan;
+            }
+        }
+        blocks += 1;
+        if !full && scan < h.top && (blocks >= RM_COMPACT_CHECK_BLOCKS || bytes >= RM_COMPACT_CHECK_BYTES) {
+            blocks = 0;
+            bytes = 0;
+            if now_ns().wrapping_sub(t0) >= budget_ns {
+                break false;
+            }
+        }
+    };
+    if done {
+        h.top = dest;
+        h.resume = h.start;
+        h.trim();
+    } else {
+        if dest < scan {
+            let mut end = scan;
+            // SAFETY: scan < top is a block boundary; a free one is listed.
+            unsafe {
+                let sh = rd(scan);
+                if htag(sh) == 0 {
+                    h.remove_free(scan);
+                    end = scan + hsize(sh);
+                } else {
+                    wr(scan, sh | 1);
+                }
+                h.insert_free(dest, end - dest);
+            }
+        }
+        h.resume = dest;
+    }
+    let pause = now_ns().wrapping_sub(t0);
+    inner.compactions += 1;
+    inner.bytes_moved += moved;
+    inner.longest_pause_ns = inner.longest_pause_ns.max(pause);
+    done
+}
+
+/// Discards every unlocked purgeable block: its slot stays LIVE and becomes PURGED. Returns how many
+/// were discarded. Called with the heap mutex held.
+pub fn purge(table: &Table, inner: &mut Inner) -> usize {
+    let mut n = 0;
+    for idx in 0..inner.tab.hwm {
+        // SAFETY: idx < hwm.
+        let slot = unsafe { table.slot(idx) };
+        let ok = loop {
+            // Relaxed peek; the compare-exchange orders.
+            let s = slot.state.load(Ordering::Relaxed);
+            if s & (LIVE | PURGEABLE | PURGED | MOVING | COUNT_MASK) != (LIVE | PURGEABLE) {
+                break false;
+            }
+            // Acquire pairs with `rmunlock`'s Release: nobody uses the block after this.
+            if slot.state.compare_exchange(s, s | PURGED, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                break true;
+            }
+        };
+        if ok {
+            // Relaxed: written under the heap mutex; readers see PURGED first and never read it.
+            let b = slot.block.swap(0, Ordering::Relaxed);
+            // SAFETY: b was the live block of a slot that is now PURGED and unlocked: nobody uses it.
+            let size = unsafe { inner.heap.free_block(b) };
+            inner.heap.used -= size;
+            n += 1;
+        }
+    }
+    inner.purges += n as u64;
+    n
+}

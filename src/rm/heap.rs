@@ -1,0 +1,580 @@
+//! The managed heap: blocks tiling one reservation, free blocks in segregated lists (TLSF-style).
+//!
+//! ```text
+//!   base   start                                                   top           commit_end
+//!   | pad8 | blk | blk | free | blk | ... | blk |  (wilderness: committed, no block)  | reserved ...
+//! ```
+//!
+//! A block is an 8-byte header followed by its payload; block sizes are multiples of 16 and at least
+//! 32, and blocks start at 8 mod 16, so every payload is 16-byte aligned. The header packs
+//! `tag << 32 | (size / 16) << 1 | prev_free`, where `tag` is the owning slot's index + 1 (0 = free)
+//! and `prev_free` says the block before is free (whose last word, its footer, then holds its size).
+//! A free block holds `next`, `prev` list links after its header and its size in its last word.
+//!
+//! Invariants (walked by [`Heap::check_blocks`]): blocks tile `[start, top)`; no two free blocks are
+//! adjacent and the last block is never free (it joins the wilderness instead); every free block is in
+//! the list of its size class and every listed block is free; `used` is the sum of live block sizes
+//! and `free_bytes` that of free blocks; `resume` (where an interrupted compaction continues) is a
+//! block boundary or `top`; with a limit, `top - base <= limit`.
+
+use crate::config::{RM_DECOMMIT_SLACK, RM_HEAP_COMMIT};
+use crate::os;
+use core::ptr::NonNull;
+
+/// Smallest block (header, two links, footer).
+pub const MIN_BLOCK: usize = 32;
+/// Bytes of block header before the payload.
+pub const HEADER: usize = 8;
+const SL_LOG2: usize = 4;
+const SL_COUNT: usize = 1 << SL_LOG2;
+/// Sizes below this have exact classes 16 bytes apart (first-level list 0).
+const SMALL: usize = SL_COUNT * 16;
+const SMALL_LOG2: usize = SMALL.trailing_zeros() as usize;
+const FL_COUNT: usize = 32;
+/// Largest block size representable in the header (31 bits of 16-byte units).
+pub const MAX_BLOCK: usize = (0x7FFF_FFFF) << 4;
+
+/// The size of a block for a payload of `size` bytes, or None on overflow.
+#[inline(always)]
+pub fn block_size(size: usize) -> Option<usize> {
+    let s = size.checked_add(HEADER + 15)? & !15;
+    if s > MAX_BLOCK {
+        return None;
+    }
+    Some(if s < MIN_BLOCK { MIN_BLOCK } else { s })
+}
+
+#[inline(always)]
+fn mapping(size: usize) -> (usize, usize) {
+    if size < SMALL {
+        (0, size >> 4)
+    } else {
+        let f = usize::BITS as usize - 1 - size.leading_zeros() as usize;
+        (f - SMALL_LOG2 + 1, (size >> (f - SL_LOG2)) & (SL_COUNT - 1))
+    }
+}
+
+/// Reads the word at `a`.
+///
+/// # Safety
+/// `a` is an 8-aligned address inside the committed heap.
+#[inline(always)]
+pub unsafe fn rd(a: usize) -> usize {
+    // SAFETY: forwarded to the caller.
+    unsafe { *(a as *const usize) }
+}
+
+/// Writes the word at `a`.
+///
+/// # Safety
+/// `a` is an 8-aligned address inside the committed heap that nothing else uses.
+#[inline(always)]
+pub unsafe fn wr(a: usize, v: usize) {
+    // SAFETY: forwarded to the caller.
+    unsafe { *(a as *mut usize) = v }
+}
+
+/// The size of a block from its header word.
+#[inline(always)]
+pub fn hsize(h: usize) -> usize {
+    ((h >> 1) & 0x7FFF_FFFF) << 4
+}
+/// The tag (slot index + 1, or 0 when free) of a block from its header word.
+#[inline(always)]
+pub fn htag(h: usize) -> usize {
+    h >> 32
+}
+/// A header word.
+#[inline(always)]
+pub fn header(tag: usize, size: usize, prev_free: bool) -> usize {
+    (tag << 32) | ((size >> 4) << 1) | prev_free as usize
+}
+
+/// The heap: one reservation, the block tiling and the free lists.
+pub struct Heap {
+    /// Start of the reservation (0 until reserved).
+    pub base: usize,
+    /// Reserved bytes.
+    pub reserve: usize,
+    /// The first block (`base + 8`).
+    pub start: usize,
+    /// End of the last block: `[top, commit_end)` is the committed wilderness.
+    pub top: usize,
+    /// End of the committed part.
+    pub commit_end: usize,
+    /// Bound on `top - base` (0: none).
+    pub limit: usize,
+    /// Bytes in live blocks.
+    pub used: usize,
+    /// Bytes in free blocks (the wilderness not included).
+    pub free_bytes: usize,
+    /// Where an interrupted compaction resumes (a block boundary or `top`).
+    pub resume: usize,
+    fl_bitmap: u32,
+    sl_bitmap: [u32; FL_COUNT],
+    heads: [[usize; SL_COUNT]; FL_COUNT],
+}
+
+impl Heap {
+    /// A heap that will reserve `reserve` bytes on first use.
+    pub const fn new(reserve: usize) -> Self {
+        Heap {
+            base: 0,
+            reserve,
+            start: 0,
+            top: 0,
+            commit_end: 0,
+            limit: 0,
+            used: 0,
+            free_bytes: 0,
+            resume: 0,
+            fl_bitmap: 0,
+            sl_bitmap: [0; FL_COUNT],
+            heads: [[0; SL_COUNT]; FL_COUNT],
+        }
+    }
+
+    /// Reserves the address space if not done yet; false when that fails.
+    pub fn ensure_init(&mut self) -> bool {
+        if self.base != 0 {
+            return true;
+        }
+        match os::reserve(self.reserve, os::page_size()) {
+            Ok(p) => {
+                self.base = p.as_ptr() as usize;
+                self.start = self.base + HEADER;
+                self.top = self.start;
+                self.commit_end = self.base;
+                self.resume = self.start;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives the reservation back to the OS.
+    ///
+    /// # Safety
+    /// No block of this heap is used any more.
+    pub unsafe fn destroy(&mut self) {
+        if self.base != 0 {
+            // SAFETY: the caller guarantees nothing uses the heap; the range is our reservation.
+            let _ = unsafe { os::release(NonNull::new_unchecked(self.base as *mut u8), self.reserve) };
+            self.base = 0;
+        }
+    }
+
+    // ---- free lists ----
+
+    /// Puts `[b, b + size)` in the free lists as a free block (header, links, footer).
+    ///
+    /// # Safety
+    /// The range is committed heap that no block uses, `size >= MIN_BLOCK`, multiple of 16; the block
+    /// before `b` is live (or `b == start`).
+    pub unsafe fn insert_free(&mut self, b: usize, size: usize) {
+        let (fl, sl) = mapping(size);
+        let head = self.heads[fl][sl];
+        // SAFETY: the caller guarantees the range is ours; head is a listed free block.
+        unsafe {
+            wr(b, header(0, size, false));
+            wr(b + 8, head);
+            wr(b + 16, 0);
+            wr(b + size - 8, size);
+            if head != 0 {
+                wr(head + 16, b);
+            }
+        }
+        self.heads[fl][sl] = b;
+        self.fl_bitmap |= 1 << fl;
+        self.sl_bitmap[fl] |= 1 << sl;
+        self.free_bytes += size;
+    }
+
+    /// Takes free block `b` out of its list.
+    ///
+    /// # Safety
+    /// `b` is a listed free block.
+    pub unsafe fn remove_free(&mut self, b: usize) {
+        // SAFETY: b is a listed free block: its header and links are valid, and so are its neighbours'.
+        unsafe {
+            let size = hsize(rd(b));
+            let (next, prev) = (rd(b + 8), rd(b + 16));
+            let (fl, sl) = mapping(size);
+            if next != 0 {
+                wr(next + 16, prev);
+            }
+            if prev != 0 {
+                wr(prev + 8, next);
+            } else {
+                self.heads[fl][sl] = next;
+                if next == 0 {
+                    self.sl_bitmap[fl] &= !(1 << sl);
+                    if self.sl_bitmap[fl] == 0 {
+                        self.fl_bitmap &= !(1 << fl);
+                    }
+                }
+            }
+            self.free_bytes -= size;
+        }
+    }
+
+    /// A listed free block of at least `size` bytes: a good fit from the size classes above the
+    /// request, else a bounded first-fit walk of the request's own class.
+    #[inline]
+    fn find_free(&self, size: usize) -> Option<usize> {
+        let (mut fl, mut sl) = if size < SMALL {
+            mapping(size)
+        } else {
+            let r = size + (1 << (usize::BITS as usize - 1 - size.leading_zeros() as usize - SL_LOG2)) - 1;
+            mapping(r)
+        };
+        if fl < FL_COUNT {
+            let mut sl_map = self.sl_bitmap[fl] & (!0u32).checked_shl(sl as u32).unwrap_or(0);
+            if sl_map == 0 {
+                let fl_map = self.fl_bitmap & (!0u32).checked_shl(fl as u32 + 1).unwrap_or(0);
+                if fl_map != 0 {
+                    fl = fl_map.trailing_zeros() as usize;
+                    sl_map = self.sl_bitmap[fl];
+                }
+            }
+            if sl_map != 0 {
+                sl = sl_map.trailing_zeros() as usize;
+                return Some(self.heads[fl][sl]);
+            }
+        }
+        // Nothing in the classes that surely fit: first fit in the request's own class.
+        let (fl, sl) = mapping(size);
+        let mut b = self.heads[fl][sl];
+        let mut n = 0;
+        while b != 0 && n < 32 {
+            // SAFETY: listed free blocks have valid headers and links.
+            unsafe {
+                if hsize(rd(b)) >= size {
+                    return Some(b);
+                }
+                b = rd(b + 8);
+            }
+            n += 1;
+        }
+        None
+    }
+
+    /// Sets or clears the `prev_free` bit of the block at `b`, if `b` is a block (not `top`).
+    ///
+    /// # Safety
+    /// `b` is a block boundary or `top`.
+    #[inline]
+    pub unsafe fn set_prev_free(&mut self, b: usize, free: bool) {
+        if b < self.top {
+            // SAFETY: b is a block header inside the heap.
+            unsafe { wr(b, (rd(b) & !1) | free as usize) };
+        }
+    }
+
+    /// Called when the block boundary at `x` disappears into the block starting at `into`.
+    #[inline]
+    fn absorbed(&mut self, x: usize, into: usize) {
+        if self.resume == x {
+            self.resume = into;
+        }
+    }
+
+    // ---- blocks ----
+
+    /// Allocates a block of exactly `size` bytes or a little more (a multiple of 16, at least 32): a
+    /// free block or a bump at `top`. Writes a header with tag 0 and returns `(block, block size)`.
+    #[inline]
+    pub fn alloc_block(&mut self, size: usize) -> Option<(usize, usize)> {
+        if let Some(b) = self.find_free(size) {
+            // SAFETY: b is a listed free block of at least `size` bytes.
+            unsafe {
+                self.remove_free(b);
+                let total = hsize(rd(b));
+                if total - size >= MIN_BLOCK {
+                    wr(b, header(0, size, false));
+                    self.insert_free(b + size, total - size);
+                    return Some((b, size));
+                }
+                wr(b, header(0, total, false));
+                self.set_prev_free(b + total, false);
+                return Some((b, total));
+            }
+        }
+        self.bump(size)
+    }
+
+    fn bump(&mut self, size: usize) -> Option<(usize, usize)> {
+        let b = self.top;
+        let end = b.checked_add(size)?;
+        if self.limit != 0 && end - self.base > self.limit {
+            return None;
+        }
+        if end > self.commit_end && !self.grow(end) {
+            return None;
+        }
+        self.top = end;
+        // SAFETY: [b, end) is committed wilderness; the block before is live (free blocks never touch
+        // the wilderness).
+        unsafe { wr(b, header(0, size, false)) };
+        Some((b, size))
+    }
+
+    /// Commits the heap up to at least `end`; false beyond the limit, the reservation or memory.
+    pub fn grow(&mut self, end: usize) -> bool {
+        if self.base == 0 && !self.ensure_init() {
+            return false;
+        }
+        let page = os::page_size();
+        if end - self.base > self.reserve || (self.limit != 0 && end - self.base > self.limit) {
+            return false;
+        }
+        if end <= self.commit_end {
+            return true;
+        }
+        let mut new_end = (self.commit_end + RM_HEAP_COMMIT).max((end + page - 1) & !(page - 1));
+        new_end = new_end.min(self.base + self.reserve);
+        if self.limit != 0 {
+            let cap = (self.base + self.limit + page - 1) & !(page - 1);
+            new_end = new_end.min(cap.max((end + page - 1) & !(page - 1)));
+        }
+        // SAFETY: [commit_end, new_end) is page-aligned and inside our reservation.
+        let r = unsafe { os::commit(NonNull::new_unchecked(self.commit_end as *mut u8), new_end - self.commit_end) };
+        if r.is_err() {
+            return false;
+        }
+        self.commit_end = new_end;
+        true
+    }
+
+    /// Frees the live block `b` (its tag is ignored), coalescing with free neighbours or the
+    /// wilderness. Returns the block's size.
+    ///
+    /// # Safety
+    /// `b` is a live block of this heap that nothing uses any more.
+    pub unsafe fn free_block(&mut self, b: usize) -> usize {
+        // SAFETY: b is a live block; its neighbours' headers (and the footer of a free predecessor) are
+        // valid by the tiling invariant.
+        unsafe {
+            let h = rd(b);
+            let bsize = hsize(h);
+            let mut start = b;
+            let mut size = bsize;
+            if h & 1 != 0 {
+                let psize = rd(b - 8);
+                let p = b - psize;
+                self.remove_free(p);
+                self.absorbed(b, p);
+                start = p;
+                size += psize;
+            }
+            let next = b + bsize;
+            if next == self.top {
+                self.top = start;
+                if self.resume > self.top {
+                    self.resume = self.top;
+                }
+                self.maybe_decommit();
+                return bsize;
+            }
+            let nh = rd(next);
+            if htag(nh) == 0 {
+                let nsize = hsize(nh);
+                self.remove_free(next);
+                self.absorbed(next, start);
+                size += nsize;
+            } else {
+                wr(next, nh | 1);
+            }
+            self.insert_free(start, size);
+            bsize
+        }
+    }
+
+    /// Shrinks live block `b` to `size` bytes (a block size), freeing the tail when it is big enough.
+    /// Returns the new block size.
+    ///
+    /// # Safety
+    /// `b` is a live block of at least `size` bytes.
+    pub unsafe fn shrink(&mut self, b: usize, size: usize) -> usize {
+        // SAFETY: b is a live block; see `free_block`.
+        unsafe {
+            let h = rd(b);
+            let cur = hsize(h);
+            if cur - size < MIN_BLOCK {
+                return cur;
+            }
+            wr(b, (h & !(0x7FFF_FFFF << 1)) | ((size >> 4) << 1));
+            let rest = b + size;
+            let mut rsize = cur - size;
+            let next = b + cur;
+            if next == self.top {
+                self.top = rest;
+                if self.resume > self.top {
+                    self.resume = self.top;
+                }
+                self.maybe_decommit();
+                return size;
+            }
+            let nh = rd(next);
+            if htag(nh) == 0 {
+                self.remove_free(next);
+                self.absorbed(next, rest);
+                rsize += hsize(nh);
+            } else {
+                wr(next, nh | 1);
+            }
+            self.insert_free(rest, rsize);
+            size
+        }
+    }
+
+    /// Grows live block `b` to at least `size` bytes without moving it, from a free successor or the
+    /// wilderness. Returns the new block size, or None when it cannot grow in place.
+    ///
+    /// # Safety
+    /// `b` is a live block smaller than `size`.
+    pub unsafe fn grow_in_place(&mut self, b: usize, size: usize) -> Option<usize> {
+        // SAFETY: b is a live block; see `free_block`.
+        unsafe {
+            let h = rd(b);
+            let cur = hsize(h);
+            let keep = h & !(0x7FFF_FFFF << 1);
+            let next = b + cur;
+            if next == self.top {
+                let end = b.checked_add(size)?;
+                if end > self.commit_end && !self.grow(end) {
+                    return None;
+                }
+                if self.limit != 0 && end - self.base > self.limit {
+                    return None;
+                }
+                self.top = end;
+                wr(b, keep | ((size >> 4) << 1));
+                return Some(size);
+            }
+            let nh = rd(next);
+            if htag(nh) != 0 || cur + hsize(nh) < size {
+                return None;
+            }
+            let total = cur + hsize(nh);
+            self.remove_free(next);
+            self.absorbed(next, b);
+            if total - size >= MIN_BLOCK {
+                wr(b, keep | ((size >> 4) << 1));
+                self.insert_free(b + size, total - size);
+                Some(size)
+            } else {
+                wr(b, keep | ((total >> 4) << 1));
+                self.set_prev_free(b + total, false);
+                Some(total)
+            }
+        }
+    }
+
+    fn maybe_decommit(&mut self) {
+        let page = os::page_size();
+        let keep = (self.top + page - 1) & !(page - 1);
+        if self.commit_end > keep + RM_DECOMMIT_SLACK {
+            self.trim();
+        }
+    }
+
+    /// Returns every committed page past `top` to the OS.
+    pub fn trim(&mut self) {
+        if self.base == 0 {
+            return;
+        }
+        let page = os::page_size();
+        let keep = (self.top + page - 1) & !(page - 1);
+        if self.commit_end > keep {
+            // SAFETY: [keep, commit_end) is committed wilderness past every block: nothing uses it.
+            if unsafe { os::decommit(NonNull::new_unchecked(keep as *mut u8), self.commit_end - keep) }.is_ok() {
+                self.commit_end = keep;
+            }
+        }
+    }
+
+    /// The largest free run: the largest free block or the committed wilderness.
+    pub fn largest_free(&self) -> usize {
+        let mut best = self.commit_end.saturating_sub(self.top);
+        if self.fl_bitmap != 0 {
+            let fl = 31 - self.fl_bitmap.leading_zeros() as usize;
+            let sl = 31 - self.sl_bitmap[fl].leading_zeros() as usize;
+            let mut b = self.heads[fl][sl];
+            while b != 0 {
+                // SAFETY: listed free blocks have valid headers and links.
+                unsafe {
+                    best = best.max(hsize(rd(b)));
+                    b = rd(b + 8);
+                }
+            }
+        }
+        best
+    }
+
+    /// Walks the tiling and the free lists; calls `live(block, header)` for each live block. Panics
+    /// on a violation of the module's invariants. Returns the number of live blocks.
+    pub fn check_blocks(&self, mut live: impl FnMut(usize, usize)) -> usize {
+        if self.base == 0 {
+            return 0;
+        }
+        assert!(self.start <= self.top && self.top <= self.commit_end, "top outside the committed heap");
+        assert!(self.commit_end <= self.base + self.reserve);
+        assert!(self.limit == 0 || self.top - self.base <= self.limit, "heap beyond its limit");
+        let (mut b, mut prev_free, mut used, mut free, mut nfree, mut nlive) = (self.start, false, 0, 0, 0, 0);
+        let mut resume_ok = self.resume == self.top;
+        while b < self.top {
+            resume_ok |= b == self.resume;
+            // SAFETY: b is a block boundary inside [start, top) by induction.
+            let h = unsafe { rd(b) };
+            let size = hsize(h);
+            assert!(size >= MIN_BLOCK && size % 16 == 0, "block {b:#x}: bad size {size}");
+            assert!(b + size <= self.top, "block {b:#x} runs past top");
+            assert_eq!(h & 1 != 0, prev_free, "block {b:#x}: prev_free bit");
+            if htag(h) == 0 {
+                assert!(!prev_free, "two adjacent free blocks at {b:#x}");
+                // SAFETY: a free block's footer is its last word.
+                assert_eq!(unsafe { rd(b + size - 8) }, size, "free block {b:#x}: footer");
+                assert!(b + size < self.top, "free block {b:#x} touches the wilderness");
+                free += size;
+                nfree += 1;
+                prev_free = true;
+            } else {
+                used += size;
+                nlive += 1;
+                live(b, h);
+                prev_free = false;
+            }
+            b += size;
+        }
+        assert_eq!(b, self.top, "blocks do not tile the heap");
+        assert!(resume_ok, "resume point {:#x} is not a block boundary", self.resume);
+        assert_eq!(used, self.used, "used bytes");
+        assert_eq!(free, self.free_bytes, "free bytes");
+        let mut listed = 0;
+        for fl in 0..FL_COUNT {
+            assert_eq!(self.fl_bitmap & (1 << fl) != 0, self.sl_bitmap[fl] != 0, "first-level bitmap {fl}");
+            for sl in 0..SL_COUNT {
+                let mut f = self.heads[fl][sl];
+                assert_eq!(self.sl_bitmap[fl] & (1 << sl) != 0, f != 0, "second-level bitmap {fl}/{sl}");
+                let mut prev = 0;
+                while f != 0 {
+                    assert!(f >= self.start && f < self.top, "listed block {f:#x} outside the heap");
+                    // SAFETY: f is inside the heap; its header is checked to be a free one.
+                    unsafe {
+                        let h = rd(f);
+                        assert_eq!(htag(h), 0, "listed block {f:#x} is live");
+                        assert_eq!(mapping(hsize(h)), (fl, sl), "block {f:#x} in the wrong list");
+                        assert_eq!(rd(f + 16), prev, "back link of {f:#x}");
+                        prev = f;
+                        f = rd(f + 8);
+                    }
+                    listed += 1;
+                    assert!(listed <= nfree, "free lists longer than the free blocks");
+                }
+            }
+        }
+        assert_eq!(listed, nfree, "free blocks missing from the lists");
+        nlive
+    }
+}
