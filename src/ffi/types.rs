@@ -10,15 +10,13 @@ pub const RALLOCS_MIN_ALIGN: usize = 16;
 
 // ---- rmalloc: relocatable handles over a compacting heap ----
 
-/// An rmalloc handle: opaque. Its address never changes while the block it names moves during
-/// compaction; reach the bytes with `rmlock` and release them with `rmunlock`.
-#[allow(non_camel_case_types)]
-pub struct rm_memory_t {
-    _opaque: [u8; 0],
-}
+// The opaque handle type `rm_memory_t` is declared in `ffi/rm.rs`: ctest2 refuses a struct without
+// `#[repr(C)]`, and a `#[repr(C)]` one would make cbindgen print a (zero-sized) definition.
 
 /// The result of every rmalloc call that can fail.
-#[allow(non_camel_case_types)]
+// ctest2 skips enums (c-tests/rm.c checks the values and size with _Static_assert), so the ABI check
+// compiles this item without using it.
+#[allow(non_camel_case_types, dead_code)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum rm_status_t {
@@ -52,7 +50,7 @@ pub struct rm_stats_t {
     /// The largest contiguous free run (a free block or the committed run at the end).
     pub largest_free: usize,
     /// `1 - largest_free / free` (0 when nothing is free): 0 means all free space is one run.
-    pub fragmentation: f64,
+    pub fragmentation: core::ffi::c_double,
     /// Handles allocated and not freed (purged ones included).
     pub handles: usize,
     /// Compaction passes run (by `rmcompact` or by an allocation that did not fit).

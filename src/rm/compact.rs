@@ -30,8 +30,48 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Pins the block of `slot` for moving (lock count 0 -> MOVING); false when it is locked or pinned.
+fn pin(slot: &super::table::Slot) -> bool {
+    loop {
+        // Relaxed peek; the compare-exchange below does the ordering.
+        let s = slot.state.load(Ordering::Relaxed);
+        if s & (COUNT_MASK | MOVING) != 0 {
+            return false;
+        }
+        // Acquire pairs with the Release decrement in `rmunlock`: the program's writes to the block are
+        // visible before it is copied.
+        if slot.state.compare_exchange(s, s | MOVING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return true;
+        }
+    }
+}
+
+/// Copies pinned block `from` (header `hd`, `size` bytes) to `to`, publishes the new address and
+/// unpins it.
+///
+/// # Safety
+/// The slot is pinned by this thread; `[to, to + size)` is unused heap (it may overlap the block).
+unsafe fn move_block(slot: &super::table::Slot, from: usize, to: usize, hd: usize, size: usize) {
+    // SAFETY: forwarded to the caller; the block cannot be locked while MOVING is set.
+    unsafe {
+        core::ptr::copy(from as *const u8, to as *mut u8, size);
+        wr(to, hd & !1);
+    }
+    // Relaxed: published by the Release below.
+    slot.block.store(to, Ordering::Relaxed);
+    // Release pairs with the Acquire compare-exchange in `rmlock`: the new address and the moved bytes
+    // are visible to whoever locks the block next.
+    slot.state.fetch_and(!MOVING, Ordering::Release);
+}
+
 /// Runs one compaction (`budget_ns == 0`: a full pass from the start). Returns true when the pass
 /// reached the end of the heap. Called with the heap mutex held.
+///
+/// Two modes: *sliding* (`gap == None`): `[dest, scan)` is free and each unlocked block slides down
+/// to `dest`. *Filling* (`gap == Some((end, anchor_end))`): a locked block occupies `[end,
+/// anchor_end)`, `[dest, end)` is the free gap before it and `[anchor_end, scan)` is free; unlocked
+/// blocks from after the locked one move back into the gap while they fit (leaving either nothing or
+/// at least a minimum block), so compaction packs around locked blocks instead of leaving holes.
 pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
     let t0 = now_ns();
     let h = &mut inner.heap;
@@ -41,7 +81,16 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
     let full = budget_ns == 0;
     let from = if full { h.start } else { h.resume };
     let (mut scan, mut dest) = (from, from);
+    let mut gap: Option<(usize, usize)> = None;
     let (mut blocks, mut bytes, mut moved) = (0usize, 0usize, 0u64);
+    // Closes the gap before a locked block at `end`: the rest of it becomes a free block.
+    // SAFETY (of every call): [dest, end) is unused heap after a live block and `end` is a live block.
+    let close = |h: &mut super::heap::Heap, dest: usize, end: usize| unsafe {
+        if dest < end {
+            h.insert_free(dest, end - dest);
+        }
+        wr(end, (rd(end) & !1) | (dest < end) as usize);
+    };
     let done = loop {
         if scan >= h.top {
             break true;
@@ -57,52 +106,49 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
             scan += size;
             continue;
         }
-        if dest == scan {
-            scan += size;
-            dest = scan;
-        } else {
-            // SAFETY: a live block's tag names a slot below the high-water mark.
-            let slot = unsafe { table.slot(tag - 1) };
-            let pinned = loop {
-                // Relaxed peek; the compare-exchange below does the ordering.
-                let s = slot.state.load(Ordering::Relaxed);
-                if s & (COUNT_MASK | MOVING) != 0 {
-                    break false;
-                }
-                // Acquire pairs with the Release decrement in `rmunlock`: the program's writes to the
-                // block are visible before it is copied.
-                if slot.state.compare_exchange(s, s | MOVING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    break true;
-                }
-            };
-            if pinned {
-                // SAFETY: [scan, scan + size) is a live block nobody can lock while MOVING is set;
-                // [dest, scan) is the gap, so the copy stays inside the heap (overlap is allowed).
-                unsafe {
-                    core::ptr::copy(scan as *const u8, dest as *mut u8, size);
-                    wr(dest, hd & !1);
-                }
-                // Relaxed: published by the Release below.
-                slot.block.store(dest, Ordering::Relaxed);
-                // Release pairs with the Acquire compare-exchange in `rmlock`: the new address and the
-                // moved bytes are visible to whoever locks the block next.
-                slot.state.fetch_and(!MOVING, Ordering::Release);
+        // SAFETY: a live block's tag names a slot below the high-water mark.
+        let slot = unsafe { table.slot(tag - 1) };
+        if let Some((end, anchor_end)) = gap {
+            let room = end - dest;
+            if (size == room || size + super::heap::MIN_BLOCK <= room) && pin(slot) {
+                // SAFETY: pinned; [dest, dest + size) lies in the gap, below the block.
+                unsafe { move_block(slot, scan, dest, hd, size) };
                 moved += size as u64;
                 bytes += size;
                 dest += size;
                 scan += size;
-            } else {
-                // Locked: it stays; the gap before it becomes a free block.
-                // SAFETY: [dest, scan) is unused heap after a live block; scan is a live block.
-                unsafe {
-                    h.insert_free(dest, scan - dest);
-                    wr(scan, hd | 1);
+                if dest == end {
+                    close(h, dest, end);
+                    gap = None;
+                    dest = anchor_end;
                 }
-                scan += size;
-                dest = scan;
+                blocks += 1;
+            } else {
+                // It does not fit (or is locked): the gap is done; slide from after the locked block.
+                close(h, dest, end);
+                gap = None;
+                dest = anchor_end;
+                // Visit this block again in sliding mode.
+                continue;
             }
+        } else if dest == scan {
+            scan += size;
+            dest = scan;
+            blocks += 1;
+        } else if pin(slot) {
+            // SAFETY: pinned; [dest, scan) is free, so the copy stays inside the heap.
+            unsafe { move_block(slot, scan, dest, hd, size) };
+            moved += size as u64;
+            bytes += size;
+            dest += size;
+            scan += size;
+            blocks += 1;
+        } else {
+            // Locked: it stays; fill the gap before it from the blocks after it.
+            gap = Some((scan, scan + size));
+            scan += size;
+            blocks += 1;
         }
-        blocks += 1;
         if !full && scan < h.top && (blocks >= RM_COMPACT_CHECK_BLOCKS || bytes >= RM_COMPACT_CHECK_BYTES) {
             blocks = 0;
             bytes = 0;
@@ -111,6 +157,10 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
             }
         }
     };
+    if let Some((end, anchor_end)) = gap {
+        close(h, dest, end);
+        dest = anchor_end;
+    }
     if done {
         h.top = dest;
         h.resume = h.start;
@@ -118,7 +168,7 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
     } else {
         if dest < scan {
             let mut end = scan;
-            // SAFETY: scan < top is a block boundary; a free one is listed.
+            // SAFETY: scan < top is a block boundary; a free one is listed and its successor is live.
             unsafe {
                 let sh = rd(scan);
                 if htag(sh) == 0 {
