@@ -52,9 +52,24 @@ pub const RM_COMPACT_CHECK_BLOCKS: usize = 16;
 /// See [`RM_COMPACT_CHECK_BLOCKS`] (64 KiB: about 10 µs of copying).
 pub const RM_COMPACT_CHECK_BYTES: usize = 64 << 10;
 
+/// A budgeted `rmcompact` gives at most this many bytes of pages back to the OS per call (decommitting
+/// costs about 0.1 µs per resident page: 1 MiB ≈ 30 µs); the rest goes back in the following calls.
+pub const RM_COMPACT_TRIM_STEP: usize = 1 << 20;
+
 const _: () = assert!(RM_SLOT_SIZE.is_power_of_two() && RM_SLOT_SIZE >= 32);
 const _: () = assert!(RM_TABLE_COMMIT % PAGE_SIZE == 0 && RM_TABLE_COMMIT % RM_SLOT_SIZE == 0);
 const _: () = assert!(RM_HEAP_COMMIT % PAGE_SIZE == 0 && RM_HEAP_RESERVE % RM_HEAP_COMMIT == 0);
 const _: () = assert!((RM_MAX_HANDLES as u64) < u32::MAX as u64);
 // Block sizes are stored in 16-byte units in 31 bits: the heap must stay below 32 GiB.
 const _: () = assert!((RM_HEAP_RESERVE as u64) < (1u64 << 35));
+
+/// rmalloc blocks up to this size (header included) are kept, uncoalesced, in per-size LIFO lists when
+/// freed, and handed out again first (the fast path: one list pop or push). 1 KiB = 64 lists.
+pub const RM_QUICK_MAX: usize = 1024;
+
+/// At most this many bytes wait in the quick lists; beyond it frees coalesce at once. Compaction takes
+/// the quick blocks it meets as free space; an allocation that does not fit first flushes the lists
+/// into ordinary free blocks.
+pub const RM_QUICK_BYTES: usize = 256 << 10;
+
+const _: () = assert!(RM_QUICK_MAX % 16 == 0 && RM_QUICK_MAX >= 32 && RM_QUICK_BYTES >= RM_QUICK_MAX);

@@ -16,10 +16,10 @@
 //! start. The overshoot is at most the work between two clock reads: `RM_COMPACT_CHECK_BLOCKS` blocks
 //! or `RM_COMPACT_CHECK_BYTES` bytes, plus one block.
 
-use super::heap::{hsize, htag, rd, wr};
+use super::heap::{hsize, htag, rd, wr, QUICK};
 use super::table::{Table, COUNT_MASK, LIVE, MOVING, PURGEABLE, PURGED};
 use super::Inner;
-use crate::config::{RM_COMPACT_CHECK_BLOCKS, RM_COMPACT_CHECK_BYTES};
+use crate::config::{RM_COMPACT_CHECK_BLOCKS, RM_COMPACT_CHECK_BYTES, RM_COMPACT_TRIM_STEP};
 use core::sync::atomic::Ordering;
 
 /// Monotonic clock in nanoseconds.
@@ -79,6 +79,13 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
         return true;
     }
     let full = budget_ns == 0;
+    if !full && h.trim_pending {
+        // The last budgeted pass finished; give back the rest of its pages before starting another.
+        h.trim_pending = !h.trim_at_most(RM_COMPACT_TRIM_STEP);
+        if h.trim_pending {
+            return finish(inner, t0, 0, false);
+        }
+    }
     let from = if full { h.start } else { h.resume };
     let (mut scan, mut dest) = (from, from);
     let mut gap: Option<(usize, usize)> = None;
@@ -100,9 +107,15 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
         let hd = unsafe { rd(scan) };
         let size = hsize(hd);
         let tag = htag(hd);
-        if tag == 0 {
-            // SAFETY: a free block at a boundary is listed.
-            unsafe { h.remove_free(scan) };
+        if tag == 0 || tag == QUICK {
+            // SAFETY: a free block at a boundary is listed, and so is a quick one.
+            unsafe {
+                if tag == 0 {
+                    h.remove_free(scan);
+                } else {
+                    h.remove_quick(scan);
+                }
+            }
             scan += size;
             continue;
         }
@@ -164,7 +177,11 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
     if done {
         h.top = dest;
         h.resume = h.start;
-        h.trim();
+        if full {
+            h.trim();
+        } else {
+            h.trim_pending = !h.trim_at_most(RM_COMPACT_TRIM_STEP);
+        }
     } else {
         if dest < scan {
             let mut end = scan;
@@ -182,6 +199,10 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
         }
         h.resume = dest;
     }
+    finish(inner, t0, moved, done)
+}
+
+fn finish(inner: &mut Inner, t0: u64, moved: u64, done: bool) -> bool {
     let pause = now_ns().wrapping_sub(t0);
     inner.compactions += 1;
     inner.bytes_moved += moved;
@@ -209,7 +230,8 @@ pub fn purge(table: &Table, inner: &mut Inner) -> usize {
         };
         if ok {
             // Relaxed: written under the heap mutex; readers see PURGED first and never read it.
-            let b = slot.block.swap(0, Ordering::Relaxed);
+            let b = slot.block.load(Ordering::Relaxed);
+            slot.block.store(0, Ordering::Relaxed);
             // SAFETY: b was the live block of a slot that is now PURGED and unlocked: nobody uses it.
             let size = unsafe { inner.heap.free_block(b) };
             inner.heap.used -= size;

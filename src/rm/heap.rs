@@ -17,7 +17,7 @@
 //! and `free_bytes` that of free blocks; `resume` (where an interrupted compaction continues) is a
 //! block boundary or `top`; with a limit, `top - base <= limit`.
 
-use crate::config::{RM_DECOMMIT_SLACK, RM_HEAP_COMMIT};
+use crate::config::{RM_DECOMMIT_SLACK, RM_HEAP_COMMIT, RM_QUICK_BYTES, RM_QUICK_MAX};
 use crate::os;
 use core::ptr::NonNull;
 
@@ -33,6 +33,9 @@ const SMALL_LOG2: usize = SMALL.trailing_zeros() as usize;
 const FL_COUNT: usize = 32;
 /// Largest block size representable in the header (31 bits of 16-byte units).
 pub const MAX_BLOCK: usize = (0x7FFF_FFFF) << 4;
+/// The tag of a freed block waiting, uncoalesced, in a quick list (neighbours treat it as live).
+pub const QUICK: usize = 0xFFFF_FFFF;
+const QUICK_LISTS: usize = RM_QUICK_MAX / 16 + 1;
 
 /// The size of a block for a payload of `size` bytes, or None on overflow.
 #[inline(always)]
@@ -110,6 +113,11 @@ pub struct Heap {
     pub free_bytes: usize,
     /// Where an interrupted compaction resumes (a block boundary or `top`).
     pub resume: usize,
+    /// A budgeted compaction finished its pass but has not yet given back every page past `top`.
+    pub trim_pending: bool,
+    /// Bytes in quick-list blocks.
+    pub quick_bytes: usize,
+    quick: [usize; QUICK_LISTS],
     fl_bitmap: u32,
     sl_bitmap: [u32; FL_COUNT],
     heads: [[usize; SL_COUNT]; FL_COUNT],
@@ -128,6 +136,9 @@ impl Heap {
             used: 0,
             free_bytes: 0,
             resume: 0,
+            trim_pending: false,
+            quick_bytes: 0,
+            quick: [0; QUICK_LISTS],
             fl_bitmap: 0,
             sl_bitmap: [0; FL_COUNT],
             heads: [[0; SL_COUNT]; FL_COUNT],
@@ -281,10 +292,108 @@ impl Heap {
 
     // ---- blocks ----
 
+    /// Frees live block `b` into its quick list if it is small and the lists have room (no
+    /// coalescing: one push), else as [`Heap::free_block`]. Returns the block's size.
+    ///
+    /// # Safety
+    /// As for [`Heap::free_block`].
+    #[inline(always)]
+    pub unsafe fn free_fast(&mut self, b: usize) -> usize {
+        // SAFETY: b is a live block (caller).
+        let h = unsafe { rd(b) };
+        let size = hsize(h);
+        if size <= RM_QUICK_MAX && self.quick_bytes + size <= RM_QUICK_BYTES {
+            let list = &mut self.quick[size >> 4];
+            let head = *list;
+            // SAFETY: b is ours now; its payload holds the links (next, prev); head is a listed quick
+            // block. The prev_free bit is kept.
+            unsafe {
+                wr(b, (h & 0xFFFF_FFFF) | (QUICK << 32));
+                wr(b + 8, head);
+                wr(b + 16, 0);
+                if head != 0 {
+                    wr(head + 16, b);
+                }
+            }
+            *list = b;
+            self.quick_bytes += size;
+            return size;
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_block(b) }
+    }
+
+    /// Turns every quick-list block into an ordinary free block (coalescing).
+    pub fn flush_quick(&mut self) {
+        if self.quick_bytes == 0 {
+            return;
+        }
+        for i in 0..QUICK_LISTS {
+            while self.quick[i] != 0 {
+                let b = self.quick[i];
+                // SAFETY: listed quick blocks are blocks of this heap that nothing uses; freeing one as
+                // live coalesces it with free neighbours (quick ones count as live until flushed).
+                unsafe {
+                    let next = rd(b + 8);
+                    self.quick[i] = next;
+                    if next != 0 {
+                        wr(next + 16, 0);
+                    }
+                    let h = rd(b);
+                    wr(b, h & 0xFFFF_FFFF);
+                    self.quick_bytes -= hsize(h);
+                    self.free_block(b);
+                }
+            }
+        }
+    }
+
+    /// Takes quick block `b` out of its list (compaction uses its space as free space).
+    ///
+    /// # Safety
+    /// `b` is a listed quick block.
+    pub unsafe fn remove_quick(&mut self, b: usize) {
+        // SAFETY: b and its neighbours are listed quick blocks.
+        unsafe {
+            let size = hsize(rd(b));
+            let (next, prev) = (rd(b + 8), rd(b + 16));
+            if prev != 0 {
+                wr(prev + 8, next);
+            } else {
+                self.quick[size >> 4] = next;
+            }
+            if next != 0 {
+                wr(next + 16, prev);
+            }
+            self.quick_bytes -= size;
+        }
+    }
+
     /// Allocates a block of exactly `size` bytes or a little more (a multiple of 16, at least 32): a
-    /// free block or a bump at `top`. Writes a header with tag 0 and returns `(block, block size)`.
-    #[inline]
+    /// quick-list block, a free block or a bump at `top`. Writes a header with tag 0 and returns
+    /// `(block, block size)`.
+    #[inline(always)]
     pub fn alloc_block(&mut self, size: usize) -> Option<(usize, usize)> {
+        if size <= RM_QUICK_MAX {
+            let b = self.quick[size >> 4];
+            if b != 0 {
+                // SAFETY: b is a listed quick block of exactly `size` bytes; its successor is listed.
+                unsafe {
+                    let next = rd(b + 8);
+                    self.quick[size >> 4] = next;
+                    if next != 0 {
+                        wr(next + 16, 0);
+                    }
+                    wr(b, rd(b) & 0xFFFF_FFFF);
+                }
+                self.quick_bytes -= size;
+                return Some((b, size));
+            }
+        }
+        self.alloc_block_general(size)
+    }
+
+    fn alloc_block_general(&mut self, size: usize) -> Option<(usize, usize)> {
         if let Some(b) = self.find_free(size) {
             // SAFETY: b is a listed free block of at least `size` bytes.
             unsafe {
@@ -481,17 +590,27 @@ impl Heap {
 
     /// Returns every committed page past `top` to the OS.
     pub fn trim(&mut self) {
+        self.trim_at_most(usize::MAX);
+    }
+
+    /// Returns committed pages past `top` to the OS, at most `max` bytes of them (the highest ones).
+    /// True when none are left.
+    pub fn trim_at_most(&mut self, max: usize) -> bool {
         if self.base == 0 {
-            return;
+            return true;
         }
         let page = os::page_size();
-        let keep = (self.top + page - 1) & !(page - 1);
+        let mut keep = (self.top + page - 1) & !(page - 1);
+        if self.commit_end > keep && self.commit_end - keep > max {
+            keep = self.commit_end - (max & !(page - 1)).max(page);
+        }
         if self.commit_end > keep {
             // SAFETY: [keep, commit_end) is committed wilderness past every block: nothing uses it.
             if unsafe { os::decommit(NonNull::new_unchecked(keep as *mut u8), self.commit_end - keep) }.is_ok() {
                 self.commit_end = keep;
             }
         }
+        self.commit_end <= (self.top + page - 1) & !(page - 1)
     }
 
     /// The largest free run: the largest free block or the committed wilderness.
@@ -523,6 +642,7 @@ impl Heap {
         assert!(self.limit == 0 || self.top - self.base <= self.limit, "heap beyond its limit");
         let (mut b, mut prev_free, mut used, mut free, mut nfree, mut nlive) = (self.start, false, 0, 0, 0, 0);
         let mut resume_ok = self.resume == self.top;
+        let (mut quick, mut nquick) = (0, 0);
         while b < self.top {
             resume_ok |= b == self.resume;
             // SAFETY: b is a block boundary inside [start, top) by induction.
@@ -531,7 +651,11 @@ impl Heap {
             assert!(size >= MIN_BLOCK && size % 16 == 0, "block {b:#x}: bad size {size}");
             assert!(b + size <= self.top, "block {b:#x} runs past top");
             assert_eq!(h & 1 != 0, prev_free, "block {b:#x}: prev_free bit");
-            if htag(h) == 0 {
+            if htag(h) == QUICK {
+                quick += size;
+                nquick += 1;
+                prev_free = false;
+            } else if htag(h) == 0 {
                 assert!(!prev_free, "two adjacent free blocks at {b:#x}");
                 // SAFETY: a free block's footer is its last word.
                 assert_eq!(unsafe { rd(b + size - 8) }, size, "free block {b:#x}: footer");
@@ -551,6 +675,25 @@ impl Heap {
         assert!(resume_ok, "resume point {:#x} is not a block boundary", self.resume);
         assert_eq!(used, self.used, "used bytes");
         assert_eq!(free, self.free_bytes, "free bytes");
+        assert_eq!(quick, self.quick_bytes, "quick-list bytes");
+        let mut listed_quick = 0;
+        for (i, &head) in self.quick.iter().enumerate() {
+            let (mut q, mut qprev) = (head, 0);
+            while q != 0 {
+                // SAFETY: q is checked to lie in the heap before its header is read.
+                assert!(q >= self.start && q < self.top, "quick block {q:#x} outside the heap");
+                let h = unsafe { rd(q) };
+                assert_eq!((htag(h), hsize(h)), (QUICK, i << 4), "quick list {i}: block {q:#x}");
+                // SAFETY: as above.
+                assert_eq!(unsafe { rd(q + 16) }, qprev, "quick back link of {q:#x}");
+                qprev = q;
+                listed_quick += 1;
+                assert!(listed_quick <= nquick, "quick lists longer than the quick blocks");
+                // SAFETY: as above.
+                q = unsafe { rd(q + 8) };
+            }
+        }
+        assert_eq!(listed_quick, nquick, "quick blocks missing from their lists");
         let mut listed = 0;
         for fl in 0..FL_COUNT {
             assert_eq!(self.fl_bitmap & (1 << fl) != 0, self.sl_bitmap[fl] != 0, "first-level bitmap {fl}");

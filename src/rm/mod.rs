@@ -167,6 +167,12 @@ impl Rm {
         if inner.heap.limit != 0 && bsize > inner.heap.limit {
             return None;
         }
+        if inner.heap.quick_bytes != 0 {
+            inner.heap.flush_quick();
+            if let Some(x) = inner.heap.alloc_block(bsize) {
+                return Some(x);
+            }
+        }
         compact::compact(&self.table, inner, 0);
         if let Some(x) = inner.heap.alloc_block(bsize) {
             return Some(x);
@@ -276,11 +282,13 @@ impl Rm {
                 }
             }
         }
-        // Relaxed: under the mutex; the slot is no longer live, so no lock-free reader reads it.
-        let b = slot.block.swap(0, Ordering::Relaxed);
+        // Relaxed: under the mutex; the slot is no longer live, so no lock-free reader reads it. (A load
+        // and a store, not a swap: no second atomic read-modify-write on the fast path.)
+        let b = slot.block.load(Ordering::Relaxed);
+        slot.block.store(0, Ordering::Relaxed);
         if s & PURGED == 0 {
             // SAFETY: b was the live block of this slot, now freed and unlocked.
-            let size = unsafe { inner.heap.free_block(b) };
+            let size = unsafe { inner.heap.free_fast(b) };
             inner.heap.used -= size;
         }
         let idx = self.table.index(slot);
