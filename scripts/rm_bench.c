@@ -364,6 +364,13 @@ int main(int argc, char **argv) {
     g_free = (void (*)(void *))dlsym(libc, "free");
     g_mallinfo2 = (struct mallinfo2(*)(void))dlsym(libc, "mallinfo2");
     bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    if (argc > 1 && strcmp(argv[1], "--profile-browser") == 0) { /* rmalloc alone, for perf record */
+        double t0 = now();
+        browser_workload(&RM, 42);
+        printf("rmalloc browser: %.1f ns/op\n", (now() - t0) / ops);
+        browser_cleanup(&RM);
+        return 0;
+    }
     double rc = rng_cost();
     printf("(PRNG cost %.1f ns, included below)\n", rc);
     printf("alloc+free pair (10000 live, 16-512 B): glibc %.1f ns, rmalloc %.1f ns\n", pairs(&GLIBC), pairs(&RM));
