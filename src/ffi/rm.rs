@@ -1,6 +1,10 @@
 //! rmalloc: relocatable handles over a compacting heap (`rmalloc`, `rmlock`, `rmunlock`, `rmfree`, ...).
 //!
 //! Each export validates its pointers, calls [`crate::rm`] and maps the result to an `rm_status_t`.
+//!
+//! The exports write through out-parameters that C passes; they are safe Rust functions because C
+//! cannot honour `unsafe` anyway: the documented contract (a writable pointer or NULL) is the C caller's.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use super::types::{rm_stats_t, rm_status_t};
 use crate::rm::{self, Error};

@@ -91,12 +91,15 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
     let mut gap: Option<(usize, usize)> = None;
     let (mut blocks, mut bytes, mut moved) = (0usize, 0usize, 0u64);
     // Closes the gap before a locked block at `end`: the rest of it becomes a free block.
-    // SAFETY (of every call): [dest, end) is unused heap after a live block and `end` is a live block.
-    let close = |h: &mut super::heap::Heap, dest: usize, end: usize| unsafe {
-        if dest < end {
-            h.insert_free(dest, end - dest);
+    let close = |h: &mut super::heap::Heap, dest: usize, end: usize| {
+        // SAFETY: every caller passes the gap [dest, end): unused heap after a live block, of 0 or at
+        // least MIN_BLOCK bytes, and `end` is the locked (live) block after it.
+        unsafe {
+            if dest < end {
+                h.insert_free(dest, end - dest);
+            }
+            wr(end, (rd(end) & !1) | (dest < end) as usize);
         }
-        wr(end, (rd(end) & !1) | (dest < end) as usize);
     };
     let done = loop {
         if scan >= h.top {

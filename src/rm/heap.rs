@@ -680,8 +680,8 @@ impl Heap {
         for (i, &head) in self.quick.iter().enumerate() {
             let (mut q, mut qprev) = (head, 0);
             while q != 0 {
-                // SAFETY: q is checked to lie in the heap before its header is read.
                 assert!(q >= self.start && q < self.top, "quick block {q:#x} outside the heap");
+                // SAFETY: q lies in the heap (checked above).
                 let h = unsafe { rd(q) };
                 assert_eq!((htag(h), hsize(h)), (QUICK, i << 4), "quick list {i}: block {q:#x}");
                 // SAFETY: as above.

@@ -165,13 +165,12 @@ impl Table {
         if t.queued > RM_HANDLE_REUSE_DELAY {
             return Ok(self.pop(t));
         }
-        if t.hwm == t.max_slots || (t.hwm + 1) * RM_SLOT_SIZE > self.committed.load(Ordering::Relaxed) {
-            if self.grow(t).is_err() {
-                if t.queued > 0 {
-                    return Ok(self.pop(t));
-                }
-                return Err(TableError::NoMemory);
+        let full = t.hwm == t.max_slots || (t.hwm + 1) * RM_SLOT_SIZE > self.committed.load(Ordering::Relaxed);
+        if full && self.grow(t).is_err() {
+            if t.queued > 0 {
+                return Ok(self.pop(t));
             }
+            return Err(TableError::NoMemory);
         }
         let idx = t.hwm;
         t.hwm += 1;
