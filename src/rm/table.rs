@@ -18,8 +18,10 @@
 //! Invariants: a slot is LIVE exactly while its handle is allocated; a LIVE slot without PURGED names
 //! the header of a live block whose tag names the slot back; the block of a slot whose count is
 //! above zero does not move; MOVING is set only by a thread holding the heap mutex and only while the
-//! count is zero. Freed slots wait in a FIFO queue and are reused only when `RM_HANDLE_REUSE_DELAY` of
-//! them wait (or the table is full).
+//! count is zero. A freed slot first waits in a FIFO quarantine of `RM_HANDLE_REUSE_DELAY` slots; when
+//! later frees push it out, it goes on a LIFO stack of reusable slots, which allocation takes first
+//! (the most recently released, so still in cache), then never-used slots, and only when the table is
+//! full a slot from the quarantine.
 
 use crate::config::{RM_HANDLE_REUSE_DELAY, RM_SLOT_SIZE, RM_TABLE_COMMIT};
 use crate::os;
@@ -83,8 +85,12 @@ pub struct TableInner {
     pub head: usize,
     /// Newest freed slot, or [`NONE`].
     pub tail: usize,
-    /// Number of slots in the free queue.
+    /// Number of slots in the free queue (the quarantine), at most `RM_HANDLE_REUSE_DELAY`.
     pub queued: usize,
+    /// Top of the stack of reusable slots (out of quarantine), or [`NONE`].
+    pub ready: usize,
+    /// Number of reusable slots.
+    pub nready: usize,
     /// Handles allocated and not freed.
     pub live: usize,
 }
@@ -99,7 +105,7 @@ pub enum TableError {
 impl TableInner {
     /// An empty table of `max_slots` slots.
     pub const fn new(max_slots: usize) -> Self {
-        TableInner { max_slots, hwm: 0, head: NONE, tail: NONE, queued: 0, live: 0 }
+        TableInner { max_slots, hwm: 0, head: NONE, tail: NONE, queued: 0, ready: NONE, nready: 0, live: 0 }
     }
 }
 
@@ -162,8 +168,13 @@ impl Table {
     /// Takes a slot for a new handle (its state is left not LIVE: the caller makes it live). Called
     /// with the heap mutex held.
     pub fn alloc(&self, t: &mut TableInner) -> Result<usize, TableError> {
-        if t.queued > RM_HANDLE_REUSE_DELAY {
-            return Ok(self.pop(t));
+        if t.ready != NONE {
+            let idx = t.ready;
+            // SAFETY: reusable slots are below the high-water mark. Relaxed: links are only touched
+            // under the heap mutex.
+            t.ready = unsafe { self.slot(idx) }.next_free.load(Ordering::Relaxed);
+            t.nready -= 1;
+            return Ok(idx);
         }
         let full = t.hwm == t.max_slots || (t.hwm + 1) * RM_SLOT_SIZE > self.committed.load(Ordering::Relaxed);
         if full && self.grow(t).is_err() {
@@ -177,6 +188,7 @@ impl Table {
         Ok(idx)
     }
 
+    /// Takes the oldest slot out of the quarantine.
     fn pop(&self, t: &mut TableInner) -> usize {
         let idx = t.head;
         // SAFETY: queued slots are below the high-water mark.
@@ -204,6 +216,14 @@ impl Table {
         }
         t.tail = idx;
         t.queued += 1;
+        if t.queued > RM_HANDLE_REUSE_DELAY {
+            // The oldest has waited long enough: it becomes reusable.
+            let old = self.pop(t);
+            // SAFETY: old came out of the quarantine, so it is below the high-water mark.
+            unsafe { self.slot(old) }.next_free.store(t.ready, Ordering::Relaxed);
+            t.ready = old;
+            t.nready += 1;
+        }
     }
 
     fn grow(&self, t: &mut TableInner) -> Result<(), TableError> {
@@ -259,6 +279,19 @@ impl Table {
             i = s.next_free.load(Ordering::Relaxed);
         }
         assert_eq!(n, t.queued, "free queue count");
+        assert!(t.queued <= RM_HANDLE_REUSE_DELAY, "quarantine longer than the reuse delay");
+        let (mut n, mut i) = (0, t.ready);
+        while i != NONE {
+            assert!(i < t.hwm, "reusable slot {i} beyond the high-water mark");
+            // SAFETY: i < hwm.
+            let s = unsafe { self.slot(i) };
+            assert!(s.state.load(Ordering::Relaxed) & LIVE == 0, "reusable slot {i} is live");
+            n += 1;
+            assert!(n <= t.nready, "reusable stack longer than its count");
+            i = s.next_free.load(Ordering::Relaxed);
+        }
+        assert_eq!(n, t.nready, "reusable slot count");
+        assert_eq!(t.live + t.queued + t.nready, t.hwm, "every used slot is live, quarantined or reusable");
         let mut live = 0;
         for i in 0..t.hwm {
             // SAFETY: i < hwm.
