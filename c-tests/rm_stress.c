@@ -6,7 +6,8 @@
  * automatic, every live block's contents are verified and every locked block's pointer is checked to be
  * the one rmlock returned.
  * Phase 2, threaded: workers allocate, lock, verify and free their own blocks, keep some locked for a
- * while, and all lock a shared set of blocks concurrently, while a compactor thread compacts in a loop. */
+ * while, and all lock a shared set of blocks concurrently, while a compactor thread compacts in a loop.
+ * Phase 3: fork while another thread allocates and compacts; the child must find the heap usable. */
 #define _POSIX_C_SOURCE 200809L
 #include <rallocs.h>
 
@@ -17,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -381,8 +384,57 @@ static void phase2(void) {
     CHECK("phase2-empty", s.handles == 0 && s.used == 0);
 }
 
+/* ---- phase 3: fork while another thread holds the heap now and then ---- */
+
+static void *churner(void *arg) {
+    (void)arg;
+    rm_memory_t *hs[64] = {0};
+    unsigned long n = 0;
+    while (!atomic_load(&stop)) {
+        rm_memory_t **h = &hs[n % 64];
+        if (*h) rmfree(*h);
+        if (rmalloc(h, 100 + n % 3000) != RM_OK) *h = NULL;
+        if (n % 16 == 0) rmcompact(0);
+        n++;
+    }
+    for (int i = 0; i < 64; i++)
+        if (hs[i]) rmfree(hs[i]);
+    return NULL;
+}
+
+static void phase3(void) {
+    atomic_store(&stop, 0);
+    pthread_t t;
+    pthread_create(&t, NULL, churner, NULL);
+    int children_ok = 0, forks = 20;
+    for (int i = 0; i < forks; i++) {
+        struct timespec ts = {0, 2 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm(10); /* a deadlocked child dies instead of hanging the test */
+            rm_memory_t *h;
+            void *p;
+            int ok = rmalloc(&h, 5000) == RM_OK && rmlock(h, &p) == RM_OK;
+            if (ok) {
+                fill(h, 0, p, 0, 5000);
+                ok = rmunlock(h) == RM_OK && rmcompact(0) == RM_OK && rmlock(h, &p) == RM_OK &&
+                     intact(h, 0, p, 5000) && rmunlock(h) == RM_OK && rmfree(h) == RM_OK;
+            }
+            _exit(ok ? 0 : 1);
+        }
+        int st = 0;
+        if (pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0) children_ok++;
+    }
+    atomic_store(&stop, 1);
+    pthread_join(t, NULL);
+    printf("phase 3: %d of %d children forked during allocation and compaction used the heap\n", children_ok, forks);
+    CHECK("phase3-fork", children_ok == forks);
+}
+
 int main(void) {
     phase1();
     phase2();
+    phase3();
     return check_summary();
 }

@@ -93,7 +93,45 @@ static GLOBAL: Rm = Rm::new(crate::config::RM_HEAP_RESERVE, crate::config::RM_MA
 /// The heap behind the C API.
 #[inline(always)]
 pub fn global() -> &'static Rm {
+    ATFORK.call_once(register_atfork);
     &GLOBAL
+}
+
+// fork(): the heap mutex is taken before the fork and released on both sides, so that a child forked
+// while another thread compacts or allocates finds the heap consistent and the mutex free. (Locks that
+// other threads held on handles stay counted in the child: those blocks stay where they are.)
+static ATFORK: crate::sync::Once = crate::sync::Once::new();
+
+struct ForkGuard(core::cell::UnsafeCell<Option<crate::sync::MutexGuard<'static, Inner>>>);
+// SAFETY: the cell is touched only by the fork handlers, which run one at a time in the forking thread
+// (prepare, then parent or child).
+unsafe impl Sync for ForkGuard {}
+static FORK_GUARD: ForkGuard = ForkGuard(core::cell::UnsafeCell::new(None));
+
+fn register_atfork() {
+    // SAFETY: the handlers are plain functions; glibc stores the first handlers without allocating.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+}
+
+unsafe extern "C" fn fork_prepare() {
+    let g = GLOBAL.inner.lock();
+    // SAFETY: see ForkGuard.
+    unsafe { *FORK_GUARD.0.get() = Some(g) };
+}
+
+unsafe extern "C" fn fork_parent() {
+    // SAFETY: see ForkGuard. Dropping the guard unlocks the mutex and wakes any waiter.
+    drop(unsafe { (*FORK_GUARD.0.get()).take() });
+}
+
+unsafe extern "C" fn fork_child() {
+    // SAFETY: see ForkGuard.
+    if let Some(g) = unsafe { (*FORK_GUARD.0.get()).take() } {
+        core::mem::forget(g);
+        // SAFETY: the child has one thread; the heap is consistent because the prepare handler held
+        // the mutex across the fork.
+        unsafe { GLOBAL.inner.force_unlock_after_fork() };
+    }
 }
 
 impl Rm {
