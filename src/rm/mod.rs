@@ -202,7 +202,10 @@ impl Rm {
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self, inner: &mut Inner, bsize: usize) -> Option<(usize, usize)> {
-        if inner.heap.limit != 0 && bsize > inner.heap.limit {
+        // A request that cannot fit even in an empty heap must not cost a compaction or the purgeable
+        // blocks.
+        let room = if inner.heap.limit != 0 { inner.heap.limit.min(inner.heap.reserve) } else { inner.heap.reserve };
+        if bsize > room - HEADER {
             return None;
         }
         if inner.heap.quick_bytes != 0 {

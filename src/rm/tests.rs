@@ -308,7 +308,9 @@ fn bad_handles_are_refused() {
         assert_eq!(rm.lock(*x), Err(Error::InvalidHandle));
     }
     assert_eq!(rm.alloc(usize::MAX), Err(Error::OutOfMemory));
+    let compactions = rm.stats().compactions;
     assert_eq!(rm.alloc(RESERVE), Err(Error::OutOfMemory));
+    assert_eq!(rm.stats().compactions, compactions, "an impossible request compacted the heap");
     rm.check();
 }
 
