@@ -476,3 +476,39 @@ fn threads_lock_while_another_compacts() {
     rm.free(shared).unwrap();
     assert_eq!(rm.stats().handles, 0);
 }
+
+#[test]
+fn os_failures_are_out_of_memory_and_leave_the_heap_intact() {
+    let rm = new_rm();
+    // The very first allocation cannot reserve anything.
+    crate::os::inject_failures_after(Some(0));
+    assert_eq!(rm.alloc(100), Err(Error::OutOfMemory));
+    crate::os::inject_failures_after(None);
+    let a = rm.alloc(100).unwrap();
+    let p = rm.lock(a).unwrap();
+    fill(p, 0, 100, 1);
+    rm.unlock(a).unwrap();
+    // Growing the heap (commit) fails: the request fails, what exists stays.
+    crate::os::inject_failures_after(Some(0));
+    assert_eq!(rm.alloc(1 << 20), Err(Error::OutOfMemory));
+    assert_eq!(rm.realloc(a, 1 << 20), Err(Error::OutOfMemory));
+    // Small allocations fail once the committed heap or the first commit step of the table is used up.
+    let mut hs = Vec::new();
+    let err = loop {
+        match rm.alloc(8) {
+            Ok(h) => hs.push(h),
+            Err(e) => break e,
+        }
+        assert!(hs.len() < 100_000, "table never needed to grow");
+    };
+    assert_eq!(err, Error::OutOfMemory);
+    crate::os::inject_failures_after(None);
+    rm.check();
+    let p = rm.lock(a).unwrap();
+    verify(p, 100, 1, "after injected failures");
+    rm.unlock(a).unwrap();
+    assert_eq!(rm.size(a), 100);
+    rm.alloc(1 << 20).unwrap();
+    rm.alloc(8).unwrap();
+    rm.check();
+}
