@@ -1,20 +1,22 @@
 //! Compaction and purging: making room in the heap by moving and discarding blocks.
 //!
 //! Compaction walks the blocks in address order with two cursors: `scan`, the next block to visit,
-//! and `dest`, where the next movable block goes. Free blocks are taken out of their lists and become
-//! part of the gap `[dest, scan)`; an unlocked live block is pinned (its slot's state goes from count
-//! 0 to MOVING with one compare-exchange, so a concurrent `rmlock` either got in first, and the block
-//! stays, or waits until the bit clears), copied down to `dest`, its slot updated, and unpinned; a
-//! locked block stays where it is, the gap before it becomes a free block, and `dest` jumps past it.
-//! When `scan` reaches `top` the trailing gap joins the wilderness and the pages past the new `top`
-//! go back to the OS.
+//! and `dest`, where the next movable block goes. Free and quick-list blocks are taken out of their
+//! lists and become part of the gap `[dest, scan)`; an unlocked live block is pinned (its slot's state
+//! goes from count 0 to MOVING with one compare-exchange, so a concurrent `rmlock` either got in
+//! first, and the block stays, or waits until the bit clears), copied down to `dest`, its slot updated,
+//! and unpinned. A locked block stays where it is; the blocks after it are moved back into the gap
+//! before it while they fit, and what is left of the gap becomes a free block (see [`compact`]). When
+//! `scan` reaches `top` the trailing gap joins the wilderness and the pages past the new `top` go back
+//! to the OS.
 //!
 //! With a time budget the walk reads the clock every `RM_COMPACT_CHECK_BLOCKS` blocks or
 //! `RM_COMPACT_CHECK_BYTES` moved bytes; when the budget is spent it closes the gap as a free block and
 //! remembers `dest` in `heap.resume`, where the next budgeted call continues (see `Heap::absorbed` for
 //! how the resume point survives frees in between). A full compaction (budget 0) starts at the heap's
 //! start. The overshoot is at most the work between two clock reads: `RM_COMPACT_CHECK_BLOCKS` blocks
-//! or `RM_COMPACT_CHECK_BYTES` bytes, plus one block.
+//! or `RM_COMPACT_CHECK_BYTES` bytes, plus one block; a budgeted pass that ends gives back at most
+//! `RM_COMPACT_TRIM_STEP` bytes of pages per call.
 
 use super::heap::{hsize, htag, rd, wr, QUICK};
 use super::table::{Table, COUNT_MASK, LIVE, MOVING, PURGEABLE, PURGED};

@@ -7,15 +7,24 @@
 //!
 //! A block is an 8-byte header followed by its payload; block sizes are multiples of 16 and at least
 //! 32, and blocks start at 8 mod 16, so every payload is 16-byte aligned. The header packs
-//! `tag << 32 | (size / 16) << 1 | prev_free`, where `tag` is the owning slot's index + 1 (0 = free)
-//! and `prev_free` says the block before is free (whose last word, its footer, then holds its size).
-//! A free block holds `next`, `prev` list links after its header and its size in its last word.
+//! `tag << 32 | (size / 16) << 1 | prev_free`, where `tag` is the owning slot's index + 1 (0 = free,
+//! [`QUICK`] = in a quick list) and `prev_free` says the block before is free (whose last word, its
+//! footer, then holds its size). A free block holds `next`, `prev` list links after its header and its
+//! size in its last word.
+//!
+//! Two kinds of free space: *free blocks*, coalesced, in 32 x 16 segregated lists (exact 16-byte
+//! classes below 256 bytes, then 16 classes per power of two; a good fit is one bitmap search), and
+//! *quick blocks*: small blocks (up to `RM_QUICK_MAX`) freed recently, not coalesced, in one LIFO list
+//! per exact size and at most `RM_QUICK_BYTES` in all, so that the common free-then-allocate of a small
+//! size is a list push and a pop. Neighbours treat a quick block as live; compaction takes it as free
+//! space, and an allocation that does not fit flushes the quick lists into free blocks first.
 //!
 //! Invariants (walked by [`Heap::check_blocks`]): blocks tile `[start, top)`; no two free blocks are
 //! adjacent and the last block is never free (it joins the wilderness instead); every free block is in
-//! the list of its size class and every listed block is free; `used` is the sum of live block sizes
-//! and `free_bytes` that of free blocks; `resume` (where an interrupted compaction continues) is a
-//! block boundary or `top`; with a limit, `top - base <= limit`.
+//! the list of its size class and every listed block is free, and the same for quick blocks; `used` is
+//! the sum of live block sizes, `free_bytes` that of free blocks, `quick_bytes` that of quick blocks;
+//! `resume` (where an interrupted compaction continues) is a block boundary or `top`; with a limit,
+//! `top - base <= limit`.
 
 use crate::config::{RM_DECOMMIT_SLACK, RM_HEAP_COMMIT, RM_QUICK_BYTES, RM_QUICK_MAX};
 use crate::os;
