@@ -65,6 +65,68 @@ typedef enum rm_status_t {
 typedef struct rm_memory_t rm_memory_t;
 
 /**
+ * Statistics of the malloc family, filled by `rallocs_stats_get()`.
+ *
+ * Byte counts are a snapshot (other threads may allocate while it is taken); call counts are totals
+ * since the process started.
+ */
+typedef struct rallocs_stats_t {
+    /**
+     * Bytes in live blocks, counted by their usable size (what `malloc_usable_size` reports).
+     */
+    size_t live_bytes;
+    /**
+     * Bytes of memory committed: superblocks whose pages were not given back, large blocks (and the
+     * cache of recently freed ones), and heap metadata.
+     */
+    size_t committed_bytes;
+    /**
+     * Bytes of address space reserved (mapped) by the malloc family.
+     */
+    size_t reserved_bytes;
+    /**
+     * Highest value `committed_bytes` has reached.
+     */
+    size_t peak_committed_bytes;
+    /**
+     * Superblocks held by thread heaps.
+     */
+    size_t thread_superblocks;
+    /**
+     * Superblocks in the global heap (free for any thread to adopt).
+     */
+    size_t global_superblocks;
+    /**
+     * Live large blocks (mapped on their own).
+     */
+    size_t large_blocks;
+    /**
+     * Usable bytes of live large blocks.
+     */
+    size_t large_bytes;
+    /**
+     * Thread heaps in existence (in use or kept for reuse by new threads).
+     */
+    size_t heaps;
+    /**
+     * Successful allocations (every allocating function counts once).
+     */
+    uint64_t mallocs;
+    /**
+     * Blocks freed (including by `realloc`).
+     */
+    uint64_t frees;
+    /**
+     * Frees made by a thread other than the one owning the block's superblock.
+     */
+    uint64_t remote_frees;
+    /**
+     * Calls of `rallocs_trim` and `malloc_trim`.
+     */
+    uint64_t trims;
+} rallocs_stats_t;
+
+/**
  * A snapshot of the rmalloc heap, filled by `rm_stats_get`. Sizes are bytes.
  */
 typedef struct rm_stats_t {
@@ -113,6 +175,116 @@ typedef struct rm_stats_t {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Allocates `size` bytes and returns a pointer aligned to 16 bytes (`RALLOCS_MIN_ALIGN`), or NULL with
+ * `errno = ENOMEM`. `size` 0 returns a unique pointer that must be freed. Thread-safe; the memory is not
+ * cleared.
+ */
+void *rallocs_malloc(size_t size);
+
+/**
+ * Frees a block returned by any `rallocs_*` allocating function (or by `malloc` & co. when rallocs
+ * replaces them). NULL does nothing. A pointer rallocs did not return (a stack address, a pointer
+ * into the middle of a block, memory from another allocator) aborts the process with one line on
+ * stderr naming `rallocs_free` and the pointer. Thread-safe: any thread may free any block.
+ */
+void rallocs_free(void *p);
+
+/**
+ * Allocates `n * size` bytes cleared to zero, 16-byte aligned. NULL with `errno = ENOMEM` when the
+ * product overflows or memory runs out. Thread-safe.
+ */
+void *rallocs_calloc(size_t n, size_t size);
+
+/**
+ * Resizes the block `p` to `size` bytes, keeping its contents up to the smaller size; the block may
+ * move. `p` NULL: same as `rallocs_malloc(size)`. `size` 0 with `p` not NULL: frees `p` and returns
+ * NULL (as glibc). On failure returns NULL with `errno = ENOMEM` and leaves `p` untouched. An invalid
+ * `p` aborts as in `rallocs_free`. Thread-safe.
+ */
+void *rallocs_realloc(void *p, size_t size);
+
+/**
+ * `rallocs_realloc(p, n * size)`, except that an overflowing product returns NULL with
+ * `errno = ENOMEM` and leaves `p` untouched. Thread-safe.
+ */
+void *rallocs_reallocarray(void *p, size_t n, size_t size);
+
+/**
+ * Allocates `size` bytes aligned to `alignment`, which must be a power of two (any, up to the size of
+ * the address space; 64 MiB and more work). NULL with `errno = EINVAL` for a bad alignment, `ENOMEM`
+ * when memory runs out. Free the block with `rallocs_free`. Thread-safe.
+ */
+void *rallocs_aligned_alloc(size_t alignment, size_t size);
+
+/**
+ * POSIX `posix_memalign`: stores a block of `size` bytes aligned to `alignment` (a power of two and a
+ * multiple of `sizeof(void *)`) in `*out` and returns 0; returns `EINVAL` or `ENOMEM` on failure without
+ * touching `*out` or `errno`. Thread-safe.
+ *
+ * # Safety
+ * `out` must be valid for writing a pointer.
+ */
+int rallocs_posix_memalign(void **out, size_t alignment, size_t size);
+
+/**
+ * Same as `rallocs_aligned_alloc` (glibc's `memalign`): NULL with `errno = EINVAL` when `alignment` is not
+ * a power of two. Thread-safe.
+ */
+void *rallocs_memalign(size_t alignment, size_t size);
+
+/**
+ * Allocates `size` bytes aligned to the page size. NULL with `errno = ENOMEM` on failure. Thread-safe.
+ */
+void *rallocs_valloc(size_t size);
+
+/**
+ * Allocates `size` bytes rounded up to a whole number of pages (at least one), page-aligned. NULL with
+ * `errno = ENOMEM` on failure or overflow. Thread-safe.
+ */
+void *rallocs_pvalloc(size_t size);
+
+/**
+ * Returns the number of bytes usable in the block `p` (at least what was requested; 0 for NULL). An
+ * invalid `p` aborts as in `rallocs_free`. Thread-safe.
+ */
+size_t rallocs_malloc_usable_size(void *p);
+
+/**
+ * C23 `free_sized`: frees `p`, which was allocated with `size` bytes. A `size` larger than the block
+ * aborts naming the function and the pointer. NULL does nothing. Thread-safe.
+ */
+void rallocs_free_sized(void *p, size_t size);
+
+/**
+ * C23 `free_aligned_sized`: frees `p`, which was allocated with `alignment` and `size` (by
+ * `rallocs_aligned_alloc`). A mismatch the library can see (a larger size, a pointer not aligned to
+ * `alignment`) aborts naming the function and the pointer. NULL does nothing. Thread-safe.
+ */
+void rallocs_free_aligned_sized(void *p, size_t alignment, size_t size);
+
+/**
+ * Gives every free page of the malloc family back to the operating system now (otherwise that happens
+ * after `RALLOCS_PURGE_DELAY_MS`). Returns 1 if memory was released, 0 if there was nothing to release.
+ * Thread-safe.
+ */
+int rallocs_trim(void);
+
+/**
+ * Fills `*out` with the malloc family's statistics (see `rallocs_stats_t`). NULL does nothing.
+ * Thread-safe; takes a lock briefly.
+ *
+ * # Safety
+ * `out` is NULL or valid for writing a `rallocs_stats_t`.
+ */
+void rallocs_stats_get(struct rallocs_stats_t *out);
+
+/**
+ * Writes the malloc family's statistics as text, one `rallocs: name value` line each, to the file
+ * descriptor `fd` (2 for stderr). Does not allocate. Thread-safe.
+ */
+void rallocs_stats_print(int fd);
 
 /**
  * Allocates a relocatable block of `size` bytes and stores its handle in `*handle`.

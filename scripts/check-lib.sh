@@ -25,9 +25,9 @@ soname=$(readelf -d "$real" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
 [ "$soname" = "librallocs.so.$major" ] || bad "SONAME is '$soname', want librallocs.so.$major"
 
 # The standard names that the `override` feature exports (documented in README.md).
-override_names=" malloc free calloc realloc reallocarray aligned_alloc posix_memalign memalign valloc pvalloc
- malloc_usable_size cfree free_sized free_aligned_sized malloc_trim mallinfo2 malloc_stats __libc_malloc
- __libc_free __libc_calloc __libc_realloc __libc_memalign __libc_valloc __libc_pvalloc "
+override_names=" malloc free calloc realloc reallocarray aligned_alloc posix_memalign memalign valloc pvalloc"
+override_names+=" malloc_usable_size cfree free_sized free_aligned_sized malloc_trim mallinfo2 malloc_stats"
+override_names+=" __libc_malloc __libc_free __libc_calloc __libc_realloc __libc_memalign __libc_valloc __libc_pvalloc "
 exports=$(nm -D --defined-only "$real" | awk 'NF == 3 { print $3 }' | sed 's/@.*//' | sort -u)
 [ -n "$exports" ] || bad "no exported symbols"
 for sym in $exports; do

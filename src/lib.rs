@@ -17,9 +17,13 @@
 pub mod config;
 pub mod diag;
 pub mod ffi;
+pub mod hoard;
+pub mod options;
 pub mod os;
 pub mod rm;
+pub mod size_class;
 pub mod sync;
+pub mod trace;
 
 /// The crate version as a NUL-terminated string, as `rallocs_version()` returns it.
 pub const VERSION_CSTR: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");

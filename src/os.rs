@@ -1,4 +1,5 @@
-//! The operating-system layer: the only module that calls `mmap`, `munmap`, `madvise` and `mprotect`.
+//! The operating-system layer: the only module that calls `mmap`, `mremap`, `munmap`, `madvise` and
+//! `mprotect`.
 //!
 //! Address space goes through four states, and every function here moves a range between two of them:
 //!
@@ -249,6 +250,27 @@ pub unsafe fn reset(p: NonNull<u8>, len: usize) -> OsResult<()> {
     }
 }
 
+/// Grows or shrinks the mapping `[p, p + old_len)` to `new_len` bytes without moving it; fails (and
+/// changes nothing) when the address space after it is taken. New pages read as zero.
+///
+/// # Safety
+/// `[p, p + old_len)` is one whole mapping of ours, made by [`map`], page-aligned lengths.
+pub unsafe fn resize_in_place(p: NonNull<u8>, old_len: usize, new_len: usize) -> OsResult<()> {
+    check_range(p, old_len)?;
+    check_range(p, new_len)?;
+    if injected_failure() {
+        return Err(OsError::NO_MEMORY);
+    }
+    // SAFETY: the caller guarantees the mapping is ours; without MREMAP_MAYMOVE the kernel either
+    // resizes in place or fails without touching it.
+    let r = unsafe { libc::mremap(p.as_ptr().cast(), old_len, new_len, 0) };
+    if r == libc::MAP_FAILED {
+        Err(OsError(errno()))
+    } else {
+        Ok(())
+    }
+}
+
 /// Returns a reserved or committed range to the OS.
 ///
 /// # Safety
@@ -265,10 +287,16 @@ pub unsafe fn release(p: NonNull<u8>, len: usize) -> OsResult<()> {
 }
 
 /// Writes all of `bytes` to standard error with `write(2)`, retrying on short writes; never allocates.
-pub fn write_stderr(mut bytes: &[u8]) {
+pub fn write_stderr(bytes: &[u8]) {
+    write_fd(2, bytes)
+}
+
+/// Writes all of `bytes` to file descriptor `fd`, retrying on short writes; never allocates. Errors
+/// (a closed descriptor) end the write silently: diagnostics must not fail.
+pub fn write_fd(fd: i32, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         // SAFETY: the pointer and length describe a live slice.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if n > 0 {
             bytes = &bytes[n as usize..];
         } else if n < 0 && errno() == libc::EINTR {

@@ -5,6 +5,7 @@
 //! and the pointer). C-visible types and constants live in [`types`], so that the ABI check (`systest/`)
 //! can compare them with `include/rallocs.h`.
 
+pub mod malloc;
 pub mod rm;
 pub mod types;
 pub mod version;

@@ -8,6 +8,42 @@
 /// alignment of `max_align_t`). Requests for a larger alignment go through the aligned entry points.
 pub const RALLOCS_MIN_ALIGN: usize = 16;
 
+/// Statistics of the malloc family, filled by `rallocs_stats_get()`.
+///
+/// Byte counts are a snapshot (other threads may allocate while it is taken); call counts are totals
+/// since the process started.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct rallocs_stats_t {
+    /// Bytes in live blocks, counted by their usable size (what `malloc_usable_size` reports).
+    pub live_bytes: usize,
+    /// Bytes of memory committed: superblocks whose pages were not given back, large blocks (and the
+    /// cache of recently freed ones), and heap metadata.
+    pub committed_bytes: usize,
+    /// Bytes of address space reserved (mapped) by the malloc family.
+    pub reserved_bytes: usize,
+    /// Highest value `committed_bytes` has reached.
+    pub peak_committed_bytes: usize,
+    /// Superblocks held by thread heaps.
+    pub thread_superblocks: usize,
+    /// Superblocks in the global heap (free for any thread to adopt).
+    pub global_superblocks: usize,
+    /// Live large blocks (mapped on their own).
+    pub large_blocks: usize,
+    /// Usable bytes of live large blocks.
+    pub large_bytes: usize,
+    /// Thread heaps in existence (in use or kept for reuse by new threads).
+    pub heaps: usize,
+    /// Successful allocations (every allocating function counts once).
+    pub mallocs: u64,
+    /// Blocks freed (including by `realloc`).
+    pub frees: u64,
+    /// Frees made by a thread other than the one owning the block's superblock.
+    pub remote_frees: u64,
+    /// Calls of `rallocs_trim` and `malloc_trim`.
+    pub trims: u64,
+}
+
 // ---- rmalloc: relocatable handles over a compacting heap ----
 
 // The opaque handle type `rm_memory_t` is declared in `ffi/rm.rs`: ctest2 refuses a struct without

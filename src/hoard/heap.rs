@@ -1,0 +1,578 @@
+//! Thread heaps: each thread allocates from its own heap with no lock and no atomic read-modify-write.
+//!
+//! A heap holds, per size class, a *current* superblock (allocation pops its free list), partial
+//! superblocks in fullness bins (the fullest is taken first), and full superblocks; plus a few empty
+//! superblocks of any class. `u` (`in_use`) is the bytes of blocks handed out from the heap's
+//! superblocks, `a` (`held`) the bytes of superblocks it holds.
+//!
+//! **Emptiness invariant (Hoard):** after every free, NOT (`u < a - K*S` and `u < (1 - f) * a`): when both
+//! hold, superblocks that are at least f empty move to the global heap until one fails. With f = 1/4 and
+//! K = 4 ([`EMPTY_FRACTION_INV`], [`EMPTY_SLACK_SUPERBLOCKS`]), a heap holds at most
+//! `max(u + K*S, u / (1 - f))` bytes, so the whole process holds O(live bytes + threads * K * S),
+//! whatever the producer/consumer pattern. Blocks freed by other threads still count in `u` until the
+//! owner collects them; the owner collects on its slow path before taking a new superblock. Current
+//! superblocks (at most one per class) are never moved: when only they are left, the check is disarmed
+//! until a superblock enters a partial bin or the empty list, so frees do not keep taking the slow
+//! path. A heap may therefore hold up to NCLASSES current superblocks beyond the bound.
+//!
+//! Fast paths ([`alloc`], [`free_local`]) and their slow paths sit side by side below.
+
+use super::global;
+use super::list::List;
+use super::superblock::{self, Block, Place, Superblock};
+use super::thread;
+use crate::config::{
+    EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP, SUPERBLOCK_SIZE,
+};
+use crate::size_class::NCLASSES;
+use core::ptr;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// A counter written only by its heap's owner and read by anyone (statistics): a relaxed load and
+/// store, which compile to plain moves (no atomic read-modify-write on the fast path).
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// A zero counter.
+    pub const fn new() -> Self {
+        Counter(AtomicU64::new(0))
+    }
+    /// Adds `n` (owner only).
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        // Relaxed: single writer; readers only need some recent value (statistics).
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+    /// Current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        // Relaxed: statistics only.
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-heap statistics, summed over all heaps when read.
+pub struct HeapStats {
+    /// Allocations served (small blocks).
+    pub mallocs: Counter,
+    /// Frees by the owner.
+    pub frees: Counter,
+    /// Frees this thread made into superblocks owned by others.
+    pub remote_frees: Counter,
+    /// Bytes of those.
+    pub remote_freed_bytes: Counter,
+    /// Bytes of remote frees this heap collected into its superblocks.
+    pub collected_bytes: Counter,
+}
+
+/// A thread heap. Lives in global metadata memory; reused after its thread exits.
+#[repr(C, align(64))]
+pub struct Heap {
+    /// Current superblock per class ([`superblock::none()`] when there is none: never null).
+    pub cur: [*mut Superblock; NCLASSES],
+    /// `u`: bytes of blocks handed out from this heap's superblocks (owner writes, anyone reads).
+    pub in_use: AtomicUsize,
+    /// When `in_use` drops below this, the free slow path enforces the emptiness invariant.
+    pub release_below: usize,
+    /// `a`: bytes of superblocks this heap holds (owner writes, anyone reads).
+    pub held: AtomicUsize,
+    partial: [[List; FULLNESS_BINS]; NCLASSES],
+    full: [List; NCLASSES],
+    empty: List,
+    /// Statistics.
+    pub stats: HeapStats,
+    /// Next heap on the global list of all heaps (global lock).
+    pub all_next: *mut Heap,
+    /// Next heap on the global list of unused heaps (global lock).
+    pub free_next: *mut Heap,
+    /// A thread uses it.
+    pub alive: bool,
+}
+
+#[inline(always)]
+fn add_usize(a: &AtomicUsize, n: usize) {
+    // Relaxed: single writer (the owner); readers want statistics only.
+    a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+#[inline(always)]
+fn sub_usize(a: &AtomicUsize, n: usize) {
+    // Relaxed: as in add_usize.
+    a.store(a.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+}
+
+impl Heap {
+    /// Initialises a heap in place (all lists empty, counters zero).
+    ///
+    /// # Safety
+    /// `h` points to writable, unused memory for a Heap.
+    pub unsafe fn init(h: *mut Heap) {
+        // SAFETY: the caller gives us the memory; an all-zero Heap is valid (null pointers, empty lists,
+        // zero counters, alive = false), so zeroing initialises every field; then no class has a
+        // current superblock.
+        unsafe {
+            ptr::write_bytes(h, 0, 1);
+            (*h).cur = [superblock::none(); NCLASSES];
+        }
+    }
+
+    fn recompute_threshold(&mut self) {
+        let a = self.held.load(Ordering::Relaxed);
+        let by_slack = a.saturating_sub(EMPTY_SLACK_SUPERBLOCKS * SUPERBLOCK_SIZE);
+        let by_fraction = a - a / EMPTY_FRACTION_INV;
+        self.release_below = by_slack.min(by_fraction);
+    }
+
+    fn bin_of(sb: &Superblock) -> usize {
+        ((sb.used as usize * FULLNESS_BINS) / sb.capacity as usize).min(FULLNESS_BINS - 1)
+    }
+
+    /// Puts an owned, detached, non-empty, non-full superblock on the partial list of its fullness bin.
+    fn put_partial(&mut self, sb: *mut Superblock) {
+        // SAFETY: the caller passes a superblock this heap owns.
+        let r = unsafe { &mut *sb };
+        let bin = Self::bin_of(r);
+        r.place = Place::Partial;
+        r.bin = bin as u8;
+        // Free into the slow path when used falls below the bin's lower bound (bin 0: when it empties).
+        r.rebin_below = ((bin * r.capacity as usize / FULLNESS_BINS) as u32).max(1);
+        // SAFETY: sb is detached and ours.
+        unsafe { self.partial[r.class as usize][bin].push_front(sb) };
+        self.recompute_threshold();
+    }
+
+    fn put_full(&mut self, sb: *mut Superblock) {
+        // SAFETY: the caller passes a superblock this heap owns.
+        let r = unsafe { &mut *sb };
+        r.place = Place::Full;
+        // The first local free moves it back to a partial bin.
+        r.rebin_below = r.capacity;
+        // SAFETY: sb is detached and ours.
+        unsafe { self.full[r.class as usize].push_back(sb) };
+    }
+
+    fn put_empty(&mut self, sb: *mut Superblock) {
+        // SAFETY: the caller passes a superblock this heap owns.
+        let r = unsafe { &mut *sb };
+        r.place = Place::Empty;
+        r.rebin_below = 0;
+        // SAFETY: sb is detached and ours.
+        unsafe { self.empty.push_front(sb) };
+        self.recompute_threshold();
+    }
+
+    fn detach(&mut self, sb: *mut Superblock) {
+        // SAFETY: sb is ours; its place says which list holds it.
+        let r = unsafe { &mut *sb };
+        let c = r.class as usize;
+        // SAFETY: the superblock is on the list its place names.
+        unsafe {
+            match r.place {
+                Place::Partial => self.partial[c][r.bin as usize].remove(sb),
+                Place::Full => self.full[c].remove(sb),
+                Place::Empty => self.empty.remove(sb),
+                Place::Current => self.cur[c] = superblock::none(),
+                _ => {}
+            }
+        }
+        r.place = Place::Detached;
+    }
+
+    /// Takes ownership of a superblock that nobody owns (fresh, or from the global heap).
+    pub fn adopt(&mut self, sb: *mut Superblock) {
+        let me: *mut Heap = self;
+        // SAFETY: the global heap handed sb over under its lock: nobody else uses its owner fields.
+        let r = unsafe { &mut *sb };
+        // Relaxed: the global lock (Release on unlock) orders the header writes before our use; other
+        // threads only compare `owner` with their own heap, which they never see here unless it is theirs.
+        r.owner.store(me, Ordering::Relaxed);
+        add_usize(&self.held, SUPERBLOCK_SIZE);
+        add_usize(&self.in_use, r.used as usize * r.block_size as usize);
+        self.collect(r);
+        self.recompute_threshold();
+    }
+
+    /// Collects remote frees of an owned superblock, keeping `u` exact.
+    fn collect(&mut self, r: &mut Superblock) -> u32 {
+        let n = r.collect_remote();
+        if n != 0 {
+            let bytes = n as usize * r.block_size as usize;
+            sub_usize(&self.in_use, bytes);
+            self.stats.collected_bytes.add(bytes as u64);
+        }
+        n
+    }
+
+    /// Gives an owned, detached superblock to the global heap.
+    fn release(&mut self, sb: *mut Superblock) {
+        // SAFETY: sb is ours and detached.
+        let r = unsafe { &mut *sb };
+        sub_usize(&self.held, SUPERBLOCK_SIZE);
+        sub_usize(&self.in_use, r.used as usize * r.block_size as usize);
+        self.recompute_threshold();
+        global::give(sb);
+    }
+
+    /// Restores the emptiness invariant: while `u < a - K*S` and `u < (1-f) a`, move a superblock that
+    /// is at least f empty (an empty one first, then the emptiest partial ones) to the global heap.
+    fn enforce_emptiness(&mut self) {
+        while self.in_use.load(Ordering::Relaxed) < self.release_below {
+            let mut victim = self.empty.pop_back();
+            if victim.is_null() {
+                // Partial bins below 1 - f full, emptiest first.
+                let max_bin = FULLNESS_BINS - FULLNESS_BINS / EMPTY_FRACTION_INV;
+                'search: for bin in 0..max_bin {
+                    for c in 0..NCLASSES {
+                        let sb = self.partial[c][bin].pop_back();
+                        if !sb.is_null() {
+                            victim = sb;
+                            break 'search;
+                        }
+                    }
+                }
+            }
+            if victim.is_null() {
+                // Nothing can go (only current superblocks remain): stop checking on every free until
+                // a superblock enters a partial bin or the empty list again (which re-arms the check).
+                self.release_below = 0;
+                return;
+            }
+            // SAFETY: victim was just taken off one of our lists.
+            unsafe { (*victim).place = Place::Detached };
+            self.release(victim);
+        }
+    }
+
+    /// Finds a superblock with free blocks for class `c` and makes it current; false when out of memory.
+    fn refill(&mut self, c: usize) -> bool {
+        let sb = self.find(c);
+        if sb.is_null() {
+            return false;
+        }
+        // SAFETY: find returns an owned, detached superblock of class c.
+        let r = unsafe { &mut *sb };
+        r.place = Place::Current;
+        r.rebin_below = 0;
+        self.cur[c] = sb;
+        true
+    }
+
+    fn find(&mut self, c: usize) -> *mut Superblock {
+        // 1. The fullest partial superblock.
+        for bin in (0..FULLNESS_BINS).rev() {
+            let sb = self.partial[c][bin].pop_front();
+            if !sb.is_null() {
+                return sb;
+            }
+        }
+        // 2. Full superblocks that received remote frees (a bounded, rotating scan).
+        for _ in 0..FULL_SCAN_LIMIT.min(self.full[c].len) {
+            let sb = self.full[c].pop_front();
+            // SAFETY: sb was on our full list.
+            let r = unsafe { &mut *sb };
+            if self.collect(r) != 0 {
+                return sb;
+            }
+            // SAFETY: sb is detached again and ours.
+            unsafe { self.full[c].push_back(sb) };
+        }
+        // 3. One of our empty superblocks, re-formatted for this class.
+        let me: *mut Heap = self;
+        let sb = self.empty.pop_front();
+        if !sb.is_null() {
+            // SAFETY: an empty superblock we own: no live blocks, no remote frees pending (it was
+            // empty when it got here and only we allocate from it).
+            unsafe { Superblock::init(sb, c, me, (*sb).purged) };
+            return sb;
+        }
+        // 4. The global heap: a partial superblock of this class, an empty one, or a new one. A
+        // superblock abandoned full by an exited thread may have no free block yet: keep it as full.
+        loop {
+            let sb = global::take(c, me);
+            if sb.is_null() {
+                return sb;
+            }
+            self.adopt(sb);
+            // SAFETY: sb is now ours.
+            if unsafe { (*sb).used < (*sb).capacity } {
+                return sb;
+            }
+            self.put_full(sb);
+        }
+    }
+
+    /// Walks the invariants of this heap and all its superblocks (owner thread only).
+    pub fn check(&self) {
+        let me = self as *const Heap as *mut Heap;
+        let mut u = 0usize;
+        let mut held = 0usize;
+        let mut visit = |r: &Superblock, place: Place| {
+            // Relaxed: we are the owner; the owner field only changes through us.
+            assert_eq!(r.owner.load(Ordering::Relaxed), me, "owner");
+            assert_eq!(r.place, place, "place");
+            r.check();
+            u += r.used as usize * r.block_size as usize;
+            held += SUPERBLOCK_SIZE;
+        };
+        for c in 0..NCLASSES {
+            if self.cur[c] != superblock::none() {
+                // SAFETY: current superblocks are valid and ours.
+                let r = unsafe { &*self.cur[c] };
+                assert_eq!(r.class as usize, c);
+                visit(r, Place::Current);
+            }
+            for bin in 0..FULLNESS_BINS {
+                self.partial[c][bin].check(|r| {
+                    assert_eq!(r.class as usize, c);
+                    assert_eq!(r.bin as usize, bin);
+                    visit(r, Place::Partial)
+                });
+            }
+            self.full[c].check(|r| visit(r, Place::Full));
+        }
+        self.empty.check(|r| {
+            assert_eq!(r.used, 0, "empty superblock has live blocks");
+            visit(r, Place::Empty)
+        });
+        assert_eq!(u, self.in_use.load(Ordering::Relaxed), "u equals the sum of used blocks");
+        assert_eq!(held, self.held.load(Ordering::Relaxed), "a equals the superblocks held");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Allocation: fast path and slow path.
+// ---------------------------------------------------------------------------------------------------
+
+/// Allocates a block of class `c` from heap `h`: pops the current superblock's free list. One branch
+/// to the slow path when there is no current superblock or its list is empty.
+///
+/// # Safety
+/// `h` is the calling thread's heap.
+#[inline(always)]
+pub unsafe fn alloc(h: *mut Heap, c: usize) -> *mut u8 {
+    // SAFETY: h is the caller's own heap; cur[c] is a superblock it owns or the never-written empty
+    // placeholder, whose free list is empty.
+    unsafe {
+        let sb = (*h).cur[c];
+        let b = (*sb).free;
+        if !b.is_null() {
+            (*sb).free = (*b).next;
+            (*sb).used += 1;
+            add_usize(&(*h).in_use, (*sb).block_size as usize);
+            (*h).stats.mallocs.add(1);
+            return b.cast();
+        }
+        alloc_slow(h, c)
+    }
+}
+
+/// The allocation slow path: collects remote frees into the current superblock, carves fresh blocks,
+/// or retires it and finds another; then calls the fast path again. Null when out of memory.
+///
+/// # Safety
+/// As for [`alloc`].
+#[cold]
+#[inline(never)]
+pub unsafe fn alloc_slow(h: *mut Heap, c: usize) -> *mut u8 {
+    // SAFETY: h is the caller's own heap (no one else touches it).
+    let heap = unsafe { &mut *h };
+    let sb = heap.cur[c];
+    if sb != superblock::none() {
+        // SAFETY: the current superblock is ours.
+        let r = unsafe { &mut *sb };
+        if heap.collect(r) == 0 && !r.carve() {
+            heap.cur[c] = superblock::none();
+            r.place = Place::Detached;
+            heap.put_full(sb);
+        }
+    }
+    if heap.cur[c] == superblock::none() && !heap.refill(c) {
+        crate::os::set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    }
+    // SAFETY: cur[c] is now a superblock with free, remote or untouched blocks: carve if the list is
+    // still empty (a fresh or re-formatted superblock).
+    unsafe {
+        let r = &mut *heap.cur[c];
+        if r.free.is_null() && heap.collect(r) == 0 && !r.carve() {
+            crate::diag::fatal(format_args!("heap: refill returned a superblock without free blocks"));
+        }
+        alloc(h, c)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Free: local fast path, remote path, slow path.
+// ---------------------------------------------------------------------------------------------------
+
+/// Frees block `p` of superblock `sb`. The owner pushes it on the superblock's free list (no atomic);
+/// any other thread pushes it on the superblock's `thread_free` with one compare-exchange. `record`:
+/// report the call to the trace recorder (entry points do; frees inside realloc do not).
+///
+/// # Safety
+/// `p` is a live block of `sb` (checked by the caller), and is given up.
+#[inline(always)]
+pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool) {
+    let h = thread::current();
+    let b = p.cast::<Block>();
+    // SAFETY: sb is a superblock of ours (address map) and p a live block of it (caller).
+    unsafe {
+        // Relaxed: only this thread can make the owner equal to its own heap or change it from that.
+        // The owner is never null (GLOBAL_OWNER in the global heap), so a thread without a heap (h
+        // null, or tracing) never takes the local path here.
+        if (*sb).owner.load(Ordering::Relaxed) == h {
+            free_local(h, sb, b);
+            return;
+        }
+        free_other(sb, b, record);
+    }
+}
+
+/// The owner's free: push on the superblock's list; the slow path when the superblock changes
+/// fullness group or the heap breaks the emptiness invariant.
+///
+/// # Safety
+/// `h` is the calling thread's heap and owns `sb`; `b` is a live block of `sb`, given up.
+#[inline(always)]
+unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        (*b).next = (*sb).free;
+        (*sb).free = b;
+        (*sb).used -= 1;
+        sub_usize(&(*h).in_use, (*sb).block_size as usize);
+        (*h).stats.frees.add(1);
+        if (*sb).used < (*sb).rebin_below || (*h).in_use.load(Ordering::Relaxed) < (*h).release_below {
+            free_slow(h, sb);
+        }
+    }
+}
+
+/// A free that missed the owner's fast path: a remote free into a superblock owned by another heap
+/// (or the global heap), or any free while tracing.
+///
+/// # Safety
+/// As for [`free`].
+#[inline(never)]
+unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool) {
+    if record {
+        crate::trace::record(crate::trace::Op::Free, ptr::null_mut(), b.cast(), 0, 0);
+    }
+    let h = thread::traced();
+    // SAFETY: sb is ours (address map), b a live block of it given up by the caller.
+    unsafe {
+        // Relaxed: as in `free`.
+        if !h.is_null() && (*sb).owner.load(Ordering::Relaxed) == h {
+            free_local(h, sb, b);
+            return;
+        }
+        let h = thread::any();
+        let size = (*sb).block_size as u64;
+        (*sb).push_remote(b);
+        if h.is_null() {
+            global::count_remote_free(size);
+        } else {
+            (*h).stats.remote_frees.add(1);
+            (*h).stats.remote_freed_bytes.add(size);
+        }
+    }
+}
+
+/// The local free slow path: moves the superblock between fullness groups (full -> partial, bin
+/// changes, empty) and restores the emptiness invariant.
+///
+/// # Safety
+/// `h` is the calling thread's heap and owns `sb`.
+#[cold]
+#[inline(never)]
+unsafe fn free_slow(h: *mut Heap, sb: *mut Superblock) {
+    // SAFETY: h is ours and owns sb.
+    let (heap, r) = unsafe { (&mut *h, &mut *sb) };
+    if r.place != Place::Current && r.used < r.rebin_below {
+        heap.detach(sb);
+        if r.used == 0 {
+            heap.put_empty(sb);
+            if heap.empty.len > HEAP_EMPTY_KEEP {
+                let old = heap.empty.pop_back();
+                // SAFETY: old was just taken off our empty list.
+                unsafe { (*old).place = Place::Detached };
+                heap.release(old);
+            }
+        } else {
+            heap.put_partial(sb);
+        }
+    }
+    heap.enforce_emptiness();
+}
+
+/// Abandons a heap whose thread exits: every superblock goes to the global heap (where other threads
+/// adopt them; frees that arrive later land on the superblocks' remote lists), and the heap is recycled.
+///
+/// # Safety
+/// `h` is the exiting thread's heap and is not used by it afterwards.
+pub unsafe fn abandon(h: *mut Heap) {
+    // SAFETY: the exiting thread owns h.
+    let heap = unsafe { &mut *h };
+    for c in 0..NCLASSES {
+        let sb = heap.cur[c];
+        if sb != superblock::none() {
+            heap.cur[c] = superblock::none();
+            // SAFETY: the current superblock is ours.
+            unsafe { (*sb).place = Place::Detached };
+            heap.release_collected(sb);
+        }
+        for bin in 0..FULLNESS_BINS {
+            loop {
+                let sb = heap.partial[c][bin].pop_front();
+                if sb.is_null() {
+                    break;
+                }
+                heap.release_collected(sb);
+            }
+        }
+        loop {
+            let sb = heap.full[c].pop_front();
+            if sb.is_null() {
+                break;
+            }
+            heap.release_collected(sb);
+        }
+    }
+    loop {
+        let sb = heap.empty.pop_front();
+        if sb.is_null() {
+            break;
+        }
+        heap.release_collected(sb);
+    }
+    global::recycle_heap(h);
+}
+
+impl Heap {
+    fn release_collected(&mut self, sb: *mut Superblock) {
+        // SAFETY: sb is ours and detached.
+        let r = unsafe { &mut *sb };
+        r.place = Place::Detached;
+        self.collect(r);
+        self.release(sb);
+    }
+}
+
+/// The pthread key whose destructor abandons an exiting thread's heap.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn thread_key() -> libc::pthread_key_t {
+    global::thread_key()
+}
+
+impl Heap {
+    /// Gives every empty superblock of this heap to the global heap (for trim).
+    pub fn give_back_empty(&mut self) {
+        loop {
+            let sb = self.empty.pop_front();
+            if sb.is_null() {
+                break;
+            }
+            self.release_collected(sb);
+        }
+    }
+}

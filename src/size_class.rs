@@ -1,0 +1,116 @@
+//! Size classes of the malloc family.
+//!
+//! Exact classes every 16 bytes up to 128, then four classes per doubling (at most 1.25x apart:
+//! 160, 192, 224, 256, 320, ...) up to [`MAX_SMALL_SIZE`] = 16 KiB: 36 classes. Every class size is a
+//! multiple of 16, so every block is 16-byte aligned (superblock data starts at a multiple of 128).
+//!
+//! Invariant: `class_of(n)` is the smallest class whose size is at least `n`, for every `n` in
+//! `0..=MAX_SMALL_SIZE`, and neighbouring classes are at most 1.25x apart (see the tests).
+
+use crate::config::{MAX_SMALL_SIZE, MIN_ALIGN};
+
+/// Number of size classes.
+pub const NCLASSES: usize = 36;
+
+const fn size_of_class(c: usize) -> usize {
+    if c < 8 {
+        (c + 1) * 16
+    } else {
+        let k = (c - 8) / 4;
+        let sub = (c - 8) % 4;
+        (128 << k) + (sub + 1) * (32 << k)
+    }
+}
+
+/// Block size of every class.
+pub static CLASS_SIZE: [u32; NCLASSES] = {
+    let mut t = [0u32; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        t[c] = size_of_class(c) as u32;
+        c += 1;
+    }
+    t
+};
+
+const _: () = assert!(size_of_class(NCLASSES - 1) == MAX_SMALL_SIZE);
+const _: () = assert!(size_of_class(0) == MIN_ALIGN);
+
+/// The class serving a request of `size` bytes (`size <= MAX_SMALL_SIZE`; 0 counts as 1).
+#[inline(always)]
+pub fn class_of(size: usize) -> usize {
+    debug_assert!(size <= MAX_SMALL_SIZE);
+    if size <= 128 {
+        // 0 and 1..=16 -> 0, 17..=32 -> 1, ...
+        (size.saturating_sub(1)) >> 4
+    } else {
+        let s = size - 1;
+        let b = (usize::BITS - 1 - s.leading_zeros()) as usize; // floor(log2(s)) >= 7
+        8 + (b - 7) * 4 + ((s >> (b - 2)) & 3)
+    }
+}
+
+/// Block size of class `c`.
+#[inline(always)]
+pub fn class_size(c: usize) -> usize {
+    CLASS_SIZE[c] as usize
+}
+
+/// The smallest class whose blocks hold `size` bytes and start at multiples of `align` (a power of two,
+/// at most [`crate::config::MAX_SMALL_ALIGN`]): its size must be a multiple of `align`, since block `i`
+/// of a superblock starts at `SUPERBLOCK_HEADER + i * size`. `None` when no small class fits.
+pub fn class_of_aligned(size: usize, align: usize) -> Option<usize> {
+    let want = if size < align { align } else { size };
+    if want > MAX_SMALL_SIZE {
+        return None;
+    }
+    let mut c = class_of(want);
+    while c < NCLASSES {
+        if class_size(c) % align == 0 {
+            return Some(c);
+        }
+        c += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_size_maps_to_the_smallest_fitting_class() {
+        for n in 0..=MAX_SMALL_SIZE {
+            let c = class_of(n);
+            assert!(class_size(c) >= n, "size {n} class {c}");
+            if c > 0 {
+                assert!(class_size(c - 1) < n.max(1), "size {n} fits class {} already", c - 1);
+            }
+        }
+    }
+
+    #[test]
+    fn classes_are_at_most_1_25x_apart_and_16_aligned() {
+        for c in 1..NCLASSES {
+            let (a, b) = (class_size(c - 1), class_size(c));
+            assert!(b % 16 == 0);
+            // Above the exact classes (every 16 bytes up to 128), at most 1.25x apart.
+            if a >= 128 {
+                assert!(b * 4 <= a * 5, "classes {a} -> {b} more than 1.25x apart");
+            }
+        }
+        // Exact classes for the smallest sizes.
+        assert_eq!(&CLASS_SIZE[..8], &[16, 32, 48, 64, 80, 96, 112, 128]);
+    }
+
+    #[test]
+    fn aligned_classes_are_multiples_of_the_alignment() {
+        for align in [16usize, 32, 64, 128] {
+            for size in [1usize, 17, 100, 129, 1000, 5000, 16000] {
+                let c = class_of_aligned(size, align).unwrap();
+                assert!(class_size(c) >= size && class_size(c) % align == 0);
+            }
+        }
+        assert_eq!(class_of_aligned(MAX_SMALL_SIZE + 1, 16), None);
+    }
+}
