@@ -8,7 +8,9 @@
  * exports malloc. Reports: ns per alloc+free pair, ns per lock+unlock pair, compaction ns per MiB moved,
  * and for two workloads (fragmenting; browser-like) the time per operation and the memory needed: for
  * rmalloc the smallest rmsetlimit budget (grown in 5% steps from the peak live bytes) in which the
- * workload completes, for glibc its peak footprint (mallinfo2 arena + mmapped bytes). */
+ * workload completes, then bisected to 0.25%; for glibc its peak footprint (mallinfo2 arena + mmapped
+ * bytes), for rallocs' malloc family its peak committed bytes (rallocs_stats_get), both sampled every
+ * 256 operations. */
 #define _GNU_SOURCE
 #include <rallocs.h>
 
@@ -59,8 +61,17 @@ static bool gl_a(void **h, size_t n) { return (*h = g_malloc(n)) != NULL; }
 static void *gl_l(void *h) { return h; }
 static void gl_u(void *h) { (void)h; }
 static void gl_f(void *h) { g_free(h); }
+static bool ra_a(void **h, size_t n) { return (*h = rallocs_malloc(n)) != NULL; }
+static void ra_f(void *h) { rallocs_free(h); }
 static const adapter RM = {"rmalloc", rm_a, rm_l, rm_u, rm_f};
 static const adapter GLIBC = {"glibc", gl_a, gl_l, gl_u, gl_f};
+static const adapter RALLOCS = {"rallocs malloc", ra_a, gl_l, gl_u, ra_f};
+
+static size_t rallocs_footprint(void) {
+    rallocs_stats_t s;
+    rallocs_stats_get(&s);
+    return s.committed_bytes;
+}
 
 static size_t glibc_footprint(void) {
     struct mallinfo2 m = g_mallinfo2();
@@ -69,12 +80,12 @@ static size_t glibc_footprint(void) {
 
 /* ---- workloads: return false when an allocation failed; track live bytes and ops ---- */
 static size_t live, peak_live, peak_fp, ops;
-static bool track_glibc;
+static size_t (*track)(void); /* footprint of the malloc-style allocator being measured, or NULL */
 
 static void note(void) {
     if (live > peak_live) peak_live = live;
-    if (track_glibc && (ops & 255) == 0) {
-        size_t f = glibc_footprint();
+    if (track && (ops & 255) == 0) {
+        size_t f = track();
         if (f > peak_fp) peak_fp = f;
     }
 }
@@ -205,8 +216,8 @@ typedef bool (*workload)(const adapter *, uint64_t);
 typedef void (*cleanup)(const adapter *);
 
 static void run_workload(const char *name, workload w, cleanup c) {
-    /* Time: best of 3 alternating untracked runs of glibc and of rmalloc without a limit. */
-    double tg = 1e30, tr = 1e30, t0;
+    /* Time: best of 3 alternating untracked runs of glibc, rallocs' malloc and rmalloc without a limit. */
+    double tg = 1e30, ta = 1e30, tr = 1e30, t0;
     size_t g_ops = 0;
     bool ok = true;
     rm_stats_t s0, s1;
@@ -219,21 +230,32 @@ static void run_workload(const char *name, workload w, cleanup c) {
         g_ops = ops;
         c(&GLIBC);
         t0 = now();
+        w(&RALLOCS, 42);
+        t = now() - t0;
+        if (t < ta) ta = t;
+        c(&RALLOCS);
+        t0 = now();
         ok = w(&RM, 42);
         t = now() - t0;
         if (t < tr) tr = t;
         c(&RM);
         rmcompact(0);
     }
-    /* glibc's peak footprint (tracked: mallinfo2 is slow). */
-    track_glibc = true;
-    peak_fp = glibc_footprint();
-    w(&GLIBC, 42);
-    size_t f = glibc_footprint();
-    if (f > peak_fp) peak_fp = f;
-    size_t g_peak_live = peak_live, g_peak = peak_fp;
-    c(&GLIBC);
-    track_glibc = false;
+    /* Peak footprints (sampled every 256 operations and at the end). */
+    size_t peaks[2];
+    const adapter *mallocs[2] = {&GLIBC, &RALLOCS};
+    size_t (*fps[2])(void) = {glibc_footprint, rallocs_footprint};
+    for (int m = 0; m < 2; m++) {
+        track = fps[m];
+        peak_fp = track();
+        w(mallocs[m], 42);
+        size_t f = track();
+        if (f > peak_fp) peak_fp = f;
+        peaks[m] = peak_fp;
+        c(mallocs[m]);
+        track = NULL;
+    }
+    size_t g_peak_live = peak_live, g_peak = peaks[0], a_peak = peaks[1];
     /* rmalloc: smallest budget in 5% steps from the peak live bytes. */
     size_t budget = peak_live;
     double tb = 0;
@@ -267,10 +289,12 @@ static void run_workload(const char *name, workload w, cleanup c) {
         if (fine) hi = mid;
         else lo = mid;
     }
-    printf("%-10s %8zu ops  peak live %7.2f MiB | glibc %6.1f ns/op peak %7.2f MiB (%.3fx) | rmalloc "
+    printf("%-10s %8zu ops  peak live %7.2f MiB | glibc %6.1f ns/op peak %7.2f MiB (%.3fx) | rallocs malloc "
+           "%6.1f ns/op peak %7.2f MiB (%.3fx) | rmalloc "
            "%6.1f ns/op unlimited, %6.1f ns/op at budget %7.2f MiB (%.3fx, %d steps; %lu compactions, %.1f MiB "
            "moved, %lu purges); least budget %.3fx\n",
            name, g_ops, g_peak_live / 1048576.0, tg / g_ops, g_peak / 1048576.0, (double)g_peak / g_peak_live,
+           ta / g_ops, a_peak / 1048576.0, (double)a_peak / g_peak_live,
            tr / ops, tb / ops, budget / 1048576.0, (double)budget / peak_live, tries - 1,
            (unsigned long)(s1.compactions - s0.compactions), (s1.bytes_moved - s0.bytes_moved) / 1048576.0,
            (unsigned long)(s1.purges - s0.purges), (double)hi / peak_live);
@@ -386,15 +410,17 @@ int main(int argc, char **argv) {
     double rc = rng_cost();
     printf("(PRNG cost %.1f ns, included below)\n", rc);
     /* The machine is shared: every timing is the best of 5 alternating runs. */
-    double pg = 1e30, pr = 1e30, lg = 1e30, lr = 1e30;
+    double pg = 1e30, pr = 1e30, lg = 1e30, lr = 1e30, pa = 1e30;
     for (int k = 0; k < 5; k++) {
         double x;
         if ((x = pairs(&GLIBC)) < pg) pg = x;
+        if ((x = pairs(&RALLOCS)) < pa) pa = x;
         if ((x = pairs(&RM)) < pr) pr = x;
         if ((x = locks(&GLIBC)) < lg) lg = x;
         if ((x = locks(&RM)) < lr) lr = x;
     }
-    printf("alloc+free pair (10000 live, 16-512 B): glibc %.1f ns, rmalloc %.1f ns (%.2fx)\n", pg, pr, pr / pg);
+    printf("alloc+free pair (10000 live, 16-512 B): glibc %.1f ns, rallocs malloc %.1f ns, rmalloc %.1f ns "
+           "(%.2fx glibc)\n", pg, pa, pr, pr / pg);
     printf("lock+unlock pair (10000 handles): glibc adapter %.1f ns, rmalloc %.1f ns\n", lg, lr);
     compaction_pause(16, 512, 64 << 20);
     compaction_pause(4096, 65536, 64 << 20);
