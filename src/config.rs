@@ -133,8 +133,10 @@ const _: () = assert!(RM_SLOT_SIZE.is_power_of_two() && RM_SLOT_SIZE >= 32);
 const _: () = assert!(RM_TABLE_COMMIT % PAGE_SIZE == 0 && RM_TABLE_COMMIT % RM_SLOT_SIZE == 0);
 const _: () = assert!(RM_HEAP_COMMIT % PAGE_SIZE == 0 && RM_HEAP_RESERVE % RM_HEAP_COMMIT == 0);
 const _: () = assert!((RM_MAX_HANDLES as u64) < u32::MAX as u64);
-// Block sizes are stored in 16-byte units in 31 bits: the heap must stay below 32 GiB.
-const _: () = assert!((RM_HEAP_RESERVE as u64) < (1u64 << 35));
+// Free-block footers hold sizes in 16-byte units in 32 bits (the heap stays below 64 GiB), and block
+// headers hold the slot index + 1 in 29 bits.
+const _: () = assert!((RM_HEAP_RESERVE as u64) < (1u64 << 36));
+const _: () = assert!(RM_MAX_HANDLES < (1 << 29));
 
 /// rmalloc blocks up to this size (header included) are kept, uncoalesced, in per-size LIFO lists when
 /// freed, and handed out again first (the fast path: one list pop or push). 1 KiB = 64 lists.

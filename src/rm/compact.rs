@@ -18,7 +18,7 @@
 //! or `RM_COMPACT_CHECK_BYTES` bytes, plus one block; a budgeted pass that ends gives back at most
 //! `RM_COMPACT_TRIM_STEP` bytes of pages per call.
 
-use super::heap::{hsize, htag, rd, wr, QUICK};
+use super::heap::{fsize, hdr, htag, set_hdr, QUICK};
 use super::table::{Table, COUNT_MASK, LIVE, MOVING, PURGEABLE, PURGED};
 use super::Inner;
 use crate::config::{RM_COMPACT_CHECK_BLOCKS, RM_COMPACT_CHECK_BYTES, RM_COMPACT_TRIM_STEP};
@@ -57,7 +57,7 @@ unsafe fn move_block(slot: &super::table::Slot, from: usize, to: usize, hd: usiz
     // SAFETY: forwarded to the caller; the block cannot be locked while MOVING is set.
     unsafe {
         core::ptr::copy(from as *const u8, to as *mut u8, size);
-        wr(to, hd & !1);
+        set_hdr(to, hd & !1);
     }
     // Relaxed: published by the Release below.
     slot.block.store(to, Ordering::Relaxed);
@@ -100,7 +100,7 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
             if dest < end {
                 h.insert_free(dest, end - dest);
             }
-            wr(end, (rd(end) & !1) | (dest < end) as usize);
+            set_hdr(end, (hdr(end) & !1) | (dest < end) as usize);
         }
     };
     let done = loop {
@@ -109,23 +109,25 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
         }
         // SAFETY: scan is a block boundary in [start, top): it starts at one (start or the resume
         // point) and advances by block sizes.
-        let hd = unsafe { rd(scan) };
-        let size = hsize(hd);
+        let hd = unsafe { hdr(scan) };
         let tag = htag(hd);
         if tag == 0 || tag == QUICK {
-            // SAFETY: a free block at a boundary is listed, and so is a quick one.
+            // SAFETY: a free block at a boundary is listed, and so is a quick one; both hold their size.
             unsafe {
+                let size = fsize(scan);
                 if tag == 0 {
                     h.remove_free(scan);
                 } else {
                     h.remove_quick(scan);
                 }
+                scan += size;
             }
-            scan += size;
             continue;
         }
         // SAFETY: a live block's tag names a slot below the high-water mark.
         let slot = unsafe { table.slot(tag - 1) };
+        // Relaxed: a live block's size changes only under the heap mutex, which we hold.
+        let size = slot.next_free.load(Ordering::Relaxed);
         if let Some((end, anchor_end)) = gap {
             let room = end - dest;
             if (size == room || size + super::heap::MIN_BLOCK <= room) && pin(slot) {
@@ -192,12 +194,12 @@ pub fn compact(table: &Table, inner: &mut Inner, budget_ns: u64) -> bool {
             let mut end = scan;
             // SAFETY: scan < top is a block boundary; a free one is listed and its successor is live.
             unsafe {
-                let sh = rd(scan);
+                let sh = hdr(scan);
                 if htag(sh) == 0 {
+                    end = scan + fsize(scan);
                     h.remove_free(scan);
-                    end = scan + hsize(sh);
                 } else {
-                    wr(scan, sh | 1);
+                    set_hdr(scan, sh | 1);
                 }
                 h.insert_free(dest, end - dest);
             }
@@ -237,8 +239,10 @@ pub fn purge(table: &Table, inner: &mut Inner) -> usize {
             // Relaxed: written under the heap mutex; readers see PURGED first and never read it.
             let b = slot.block.load(Ordering::Relaxed);
             slot.block.store(0, Ordering::Relaxed);
-            // SAFETY: b was the live block of a slot that is now PURGED and unlocked: nobody uses it.
-            let size = unsafe { inner.heap.free_block(b) };
+            let size = slot.next_free.load(Ordering::Relaxed);
+            // SAFETY: b was the live block (of `size` bytes) of a slot that is now PURGED and unlocked:
+            // nobody uses it.
+            unsafe { inner.heap.free_block(b, size) };
             inner.heap.used -= size;
             n += 1;
         }

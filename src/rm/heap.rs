@@ -1,16 +1,18 @@
 //! The managed heap: blocks tiling one reservation, free blocks in segregated lists (TLSF-style).
 //!
 //! ```text
-//!   base   start                                                   top           commit_end
-//!   | pad8 | blk | blk | free | blk | ... | blk |  (wilderness: committed, no block)  | reserved ...
+//!   base    start                                                  top           commit_end
+//!   | pad12 | blk | blk | free | blk | ... | blk | (wilderness: committed, no block)  | reserved ...
 //! ```
 //!
-//! A block is an 8-byte header followed by its payload; block sizes are multiples of 16 and at least
-//! 32, and blocks start at 8 mod 16, so every payload is 16-byte aligned. The header packs
-//! `tag << 32 | (size / 16) << 1 | prev_free`, where `tag` is the owning slot's index + 1 (0 = free,
-//! [`QUICK`] = in a quick list) and `prev_free` says the block before is free (whose last word, its
-//! footer, then holds its size). A free block holds `next`, `prev` list links after its header and its
-//! size in its last word.
+//! A block is a 4-byte header followed by its payload; block sizes are multiples of 16 and at least
+//! 32, and blocks start at 12 mod 16, so every payload is 16-byte aligned. The header is a `u32`:
+//! `tag << 3 | kind << 1 | prev_free`, where `kind` is live, free or quick, `tag` (live blocks) is the
+//! owning slot's index + 1, and `prev_free` says the block before is free. A live block's size is kept
+//! in its slot (`Slot::next_free` doubles as it while the handle is live), so the header costs 4 bytes.
+//! A free or quick block holds its size (`u64` at +4) and list links (`next` at +12, `prev` at +20); a
+//! free block also ends with a `u32` footer holding its size / 16, which `prev_free` lets the next
+//! block find.
 //!
 //! Two kinds of free space: *free blocks*, coalesced, in 32 x 16 segregated lists (exact 16-byte
 //! classes below 256 bytes, then 16 classes per power of two; a good fit is one bitmap search), and
@@ -30,20 +32,29 @@ use crate::config::{RM_DECOMMIT_SLACK, RM_HEAP_COMMIT, RM_QUICK_BYTES, RM_QUICK_
 use crate::os;
 use core::ptr::NonNull;
 
-/// Smallest block (header, two links, footer).
+/// Smallest block (header, size, two links, footer).
 pub const MIN_BLOCK: usize = 32;
 /// Bytes of block header before the payload.
-pub const HEADER: usize = 8;
+pub const HEADER: usize = 4;
+/// Bytes before the first block, so that payloads are 16-byte aligned.
+pub const START_PAD: usize = 12;
+const SIZE_OFF: usize = 4;
+const NEXT_OFF: usize = 12;
+const PREV_OFF: usize = 20;
+const KIND_FREE: usize = 1 << 1;
+const KIND_QUICK: usize = 2 << 1;
+const KIND_MASK: usize = 3 << 1;
 const SL_LOG2: usize = 4;
 const SL_COUNT: usize = 1 << SL_LOG2;
 /// Sizes below this have exact classes 16 bytes apart (first-level list 0).
 const SMALL: usize = SL_COUNT * 16;
 const SMALL_LOG2: usize = SMALL.trailing_zeros() as usize;
 const FL_COUNT: usize = 32;
-/// Largest block size representable in the header (31 bits of 16-byte units).
-pub const MAX_BLOCK: usize = (0x7FFF_FFFF) << 4;
-/// The tag of a freed block waiting, uncoalesced, in a quick list (neighbours treat it as live).
-pub const QUICK: usize = 0xFFFF_FFFF;
+/// Largest block size a footer can hold (32 bits of 16-byte units).
+pub const MAX_BLOCK: usize = (u32::MAX as usize) << 4;
+/// What [`htag`] says for a freed block waiting, uncoalesced, in a quick list (neighbours treat it as
+/// live).
+pub const QUICK: usize = usize::MAX;
 const QUICK_LISTS: usize = RM_QUICK_MAX / 16 + 1;
 
 /// The size of a block for a payload of `size` bytes, or None on overflow.
@@ -66,6 +77,36 @@ fn mapping(size: usize) -> (usize, usize) {
     }
 }
 
+/// Reads the 32-bit header of the block at `b`.
+///
+/// # Safety
+/// `b` is a block boundary inside the committed heap.
+#[inline(always)]
+pub unsafe fn hdr(b: usize) -> usize {
+    // SAFETY: forwarded to the caller; headers are 4-aligned.
+    unsafe { *(b as *const u32) as usize }
+}
+
+/// Writes the 32-bit header of the block at `b`.
+///
+/// # Safety
+/// `b` is a block boundary inside the committed heap that nothing else uses.
+#[inline(always)]
+pub unsafe fn set_hdr(b: usize, h: usize) {
+    // SAFETY: forwarded to the caller.
+    unsafe { *(b as *mut u32) = h as u32 }
+}
+
+/// The size of free or quick block `b`.
+///
+/// # Safety
+/// `b` is a free or quick block.
+#[inline(always)]
+pub unsafe fn fsize(b: usize) -> usize {
+    // SAFETY: forwarded to the caller.
+    unsafe { rd(b + SIZE_OFF) }
+}
+
 /// Reads the word at `a`.
 ///
 /// # Safety
@@ -86,20 +127,20 @@ pub unsafe fn wr(a: usize, v: usize) {
     unsafe { *(a as *mut usize) = v }
 }
 
-/// The size of a block from its header word.
-#[inline(always)]
-pub fn hsize(h: usize) -> usize {
-    ((h >> 1) & 0x7FFF_FFFF) << 4
-}
-/// The tag (slot index + 1, or 0 when free) of a block from its header word.
+/// What a header says: the tag of a live block (slot index + 1), 0 for a free block, [`QUICK`] for a
+/// quick one.
 #[inline(always)]
 pub fn htag(h: usize) -> usize {
-    h >> 32
+    match h & KIND_MASK {
+        0 => h >> 3,
+        KIND_FREE => 0,
+        _ => QUICK,
+    }
 }
-/// A header word.
+/// The header of a live block with `tag` (slot index + 1; 0 while the caller fills it in).
 #[inline(always)]
-pub fn header(tag: usize, size: usize, prev_free: bool) -> usize {
-    (tag << 32) | ((size >> 4) << 1) | prev_free as usize
+pub fn live_header(tag: usize, prev_free: bool) -> usize {
+    (tag << 3) | prev_free as usize
 }
 
 /// The heap: one reservation, the block tiling and the free lists.
@@ -108,7 +149,7 @@ pub struct Heap {
     pub base: usize,
     /// Reserved bytes.
     pub reserve: usize,
-    /// The first block (`base + 8`).
+    /// The first block (`base + START_PAD`).
     pub start: usize,
     /// End of the last block: `[top, commit_end)` is the committed wilderness.
     pub top: usize,
@@ -162,7 +203,7 @@ impl Heap {
         match os::reserve(self.reserve, os::page_size()) {
             Ok(p) => {
                 self.base = p.as_ptr() as usize;
-                self.start = self.base + HEADER;
+                self.start = self.base + START_PAD;
                 self.top = self.start;
                 self.commit_end = self.base;
                 self.resume = self.start;
@@ -196,12 +237,13 @@ impl Heap {
         let head = self.heads[fl][sl];
         // SAFETY: the caller guarantees the range is ours; head is a listed free block.
         unsafe {
-            wr(b, header(0, size, false));
-            wr(b + 8, head);
-            wr(b + 16, 0);
-            wr(b + size - 8, size);
+            set_hdr(b, KIND_FREE);
+            wr(b + SIZE_OFF, size);
+            wr(b + NEXT_OFF, head);
+            wr(b + PREV_OFF, 0);
+            *((b + size - 4) as *mut u32) = (size >> 4) as u32;
             if head != 0 {
-                wr(head + 16, b);
+                wr(head + PREV_OFF, b);
             }
         }
         self.heads[fl][sl] = b;
@@ -217,14 +259,14 @@ impl Heap {
     pub unsafe fn remove_free(&mut self, b: usize) {
         // SAFETY: b is a listed free block: its header and links are valid, and so are its neighbours'.
         unsafe {
-            let size = hsize(rd(b));
-            let (next, prev) = (rd(b + 8), rd(b + 16));
+            let size = fsize(b);
+            let (next, prev) = (rd(b + NEXT_OFF), rd(b + PREV_OFF));
             let (fl, sl) = mapping(size);
             if next != 0 {
-                wr(next + 16, prev);
+                wr(next + PREV_OFF, prev);
             }
             if prev != 0 {
-                wr(prev + 8, next);
+                wr(prev + NEXT_OFF, next);
             } else {
                 self.heads[fl][sl] = next;
                 if next == 0 {
@@ -269,10 +311,10 @@ impl Heap {
         while b != 0 && n < 32 {
             // SAFETY: listed free blocks have valid headers and links.
             unsafe {
-                if hsize(rd(b)) >= size {
+                if fsize(b) >= size {
                     return Some(b);
                 }
-                b = rd(b + 8);
+                b = rd(b + NEXT_OFF);
             }
             n += 1;
         }
@@ -287,7 +329,7 @@ impl Heap {
     pub unsafe fn set_prev_free(&mut self, b: usize, free: bool) {
         if b < self.top {
             // SAFETY: b is a block header inside the heap.
-            unsafe { wr(b, (rd(b) & !1) | free as usize) };
+            unsafe { set_hdr(b, (hdr(b) & !1) | free as usize) };
         }
     }
 
@@ -301,35 +343,33 @@ impl Heap {
 
     // ---- blocks ----
 
-    /// Frees live block `b` into its quick list if it is small and the lists have room (no
-    /// coalescing: one push), else as [`Heap::free_block`]. Returns the block's size.
+    /// Frees live block `b` of `size` bytes into its quick list if it is small and the lists have room
+    /// (no coalescing: one push), else as [`Heap::free_block`].
     ///
     /// # Safety
     /// As for [`Heap::free_block`].
     #[inline(always)]
-    pub unsafe fn free_fast(&mut self, b: usize) -> usize {
-        // SAFETY: b is a live block (caller).
-        let h = unsafe { rd(b) };
-        let size = hsize(h);
+    pub unsafe fn free_fast(&mut self, b: usize, size: usize) {
         if size <= RM_QUICK_MAX && self.quick_bytes + size <= RM_QUICK_BYTES {
             let list = &mut self.quick[size >> 4];
             let head = *list;
             // SAFETY: b is ours now; its payload holds the links (next, prev); head is a listed quick
             // block. The prev_free bit is kept.
             unsafe {
-                wr(b, (h & 0xFFFF_FFFF) | (QUICK << 32));
-                wr(b + 8, head);
-                wr(b + 16, 0);
+                set_hdr(b, (hdr(b) & 1) | KIND_QUICK);
+                wr(b + SIZE_OFF, size);
+                wr(b + NEXT_OFF, head);
+                wr(b + PREV_OFF, 0);
                 if head != 0 {
-                    wr(head + 16, b);
+                    wr(head + PREV_OFF, b);
                 }
             }
             *list = b;
             self.quick_bytes += size;
-            return size;
+            return;
         }
         // SAFETY: forwarded.
-        unsafe { self.free_block(b) }
+        unsafe { self.free_block(b, size) }
     }
 
     /// Turns every quick-list block into an ordinary free block (coalescing).
@@ -343,15 +383,15 @@ impl Heap {
                 // SAFETY: listed quick blocks are blocks of this heap that nothing uses; freeing one as
                 // live coalesces it with free neighbours (quick ones count as live until flushed).
                 unsafe {
-                    let next = rd(b + 8);
+                    let next = rd(b + NEXT_OFF);
                     self.quick[i] = next;
                     if next != 0 {
-                        wr(next + 16, 0);
+                        wr(next + PREV_OFF, 0);
                     }
-                    let h = rd(b);
-                    wr(b, h & 0xFFFF_FFFF);
-                    self.quick_bytes -= hsize(h);
-                    self.free_block(b);
+                    let size = fsize(b);
+                    set_hdr(b, live_header(0, hdr(b) & 1 != 0));
+                    self.quick_bytes -= size;
+                    self.free_block(b, size);
                 }
             }
         }
@@ -364,23 +404,23 @@ impl Heap {
     pub unsafe fn remove_quick(&mut self, b: usize) {
         // SAFETY: b and its neighbours are listed quick blocks.
         unsafe {
-            let size = hsize(rd(b));
-            let (next, prev) = (rd(b + 8), rd(b + 16));
+            let size = fsize(b);
+            let (next, prev) = (rd(b + NEXT_OFF), rd(b + PREV_OFF));
             if prev != 0 {
-                wr(prev + 8, next);
+                wr(prev + NEXT_OFF, next);
             } else {
                 self.quick[size >> 4] = next;
             }
             if next != 0 {
-                wr(next + 16, prev);
+                wr(next + PREV_OFF, prev);
             }
             self.quick_bytes -= size;
         }
     }
 
     /// Allocates a block of exactly `size` bytes or a little more (a multiple of 16, at least 32): a
-    /// quick-list block, a free block or a bump at `top`. Writes a header with tag 0 and returns
-    /// `(block, block size)`.
+    /// quick-list block, a free block or a bump at `top`. Writes a live header with tag 0 (the caller
+    /// ORs its tag in) and returns `(block, block size)`.
     #[inline(always)]
     pub fn alloc_block(&mut self, size: usize) -> Option<(usize, usize)> {
         if size <= RM_QUICK_MAX {
@@ -388,12 +428,12 @@ impl Heap {
             if b != 0 {
                 // SAFETY: b is a listed quick block of exactly `size` bytes; its successor is listed.
                 unsafe {
-                    let next = rd(b + 8);
+                    let next = rd(b + NEXT_OFF);
                     self.quick[size >> 4] = next;
                     if next != 0 {
-                        wr(next + 16, 0);
+                        wr(next + PREV_OFF, 0);
                     }
-                    wr(b, rd(b) & 0xFFFF_FFFF);
+                    set_hdr(b, live_header(0, hdr(b) & 1 != 0));
                 }
                 self.quick_bytes -= size;
                 return Some((b, size));
@@ -407,13 +447,12 @@ impl Heap {
             // SAFETY: b is a listed free block of at least `size` bytes.
             unsafe {
                 self.remove_free(b);
-                let total = hsize(rd(b));
+                let total = fsize(b);
+                set_hdr(b, live_header(0, false));
                 if total - size >= MIN_BLOCK {
-                    wr(b, header(0, size, false));
                     self.insert_free(b + size, total - size);
                     return Some((b, size));
                 }
-                wr(b, header(0, total, false));
                 self.set_prev_free(b + total, false);
                 return Some((b, total));
             }
@@ -433,7 +472,7 @@ impl Heap {
         self.top = end;
         // SAFETY: [b, end) is committed wilderness; the block before is live (free blocks never touch
         // the wilderness).
-        unsafe { wr(b, header(0, size, false)) };
+        unsafe { set_hdr(b, live_header(0, false)) };
         Some((b, size))
     }
 
@@ -464,21 +503,20 @@ impl Heap {
         true
     }
 
-    /// Frees the live block `b` (its tag is ignored), coalescing with free neighbours or the
-    /// wilderness. Returns the block's size.
+    /// Frees the live block `b` of `bsize` bytes (its tag is ignored), coalescing with free
+    /// neighbours or the wilderness.
     ///
     /// # Safety
-    /// `b` is a live block of this heap that nothing uses any more.
-    pub unsafe fn free_block(&mut self, b: usize) -> usize {
+    /// `b` is a live block of this heap of `bsize` bytes that nothing uses any more.
+    pub unsafe fn free_block(&mut self, b: usize, bsize: usize) {
         // SAFETY: b is a live block; its neighbours' headers (and the footer of a free predecessor) are
         // valid by the tiling invariant.
         unsafe {
-            let h = rd(b);
-            let bsize = hsize(h);
+            let h = hdr(b);
             let mut start = b;
             let mut size = bsize;
             if h & 1 != 0 {
-                let psize = rd(b - 8);
+                let psize = (*((b - 4) as *const u32) as usize) << 4;
                 let p = b - psize;
                 self.remove_free(p);
                 self.absorbed(b, p);
@@ -492,36 +530,32 @@ impl Heap {
                     self.resume = self.top;
                 }
                 self.maybe_decommit();
-                return bsize;
+                return;
             }
-            let nh = rd(next);
+            let nh = hdr(next);
             if htag(nh) == 0 {
-                let nsize = hsize(nh);
+                let nsize = fsize(next);
                 self.remove_free(next);
                 self.absorbed(next, start);
                 size += nsize;
             } else {
-                wr(next, nh | 1);
+                set_hdr(next, nh | 1);
             }
             self.insert_free(start, size);
-            bsize
         }
     }
 
-    /// Shrinks live block `b` to `size` bytes (a block size), freeing the tail when it is big enough.
-    /// Returns the new block size.
+    /// Shrinks live block `b` from `cur` to `size` bytes (a block size), freeing the tail when it is big
+    /// enough. Returns the new block size.
     ///
     /// # Safety
-    /// `b` is a live block of at least `size` bytes.
-    pub unsafe fn shrink(&mut self, b: usize, size: usize) -> usize {
-        // SAFETY: b is a live block; see `free_block`.
+    /// `b` is a live block of `cur >= size` bytes.
+    pub unsafe fn shrink(&mut self, b: usize, cur: usize, size: usize) -> usize {
+        if cur - size < MIN_BLOCK {
+            return cur;
+        }
+        // SAFETY: b is a live block; see `free_block`. The tail [b + size, b + cur) becomes free.
         unsafe {
-            let h = rd(b);
-            let cur = hsize(h);
-            if cur - size < MIN_BLOCK {
-                return cur;
-            }
-            wr(b, (h & !(0x7FFF_FFFF << 1)) | ((size >> 4) << 1));
             let rest = b + size;
             let mut rsize = cur - size;
             let next = b + cur;
@@ -533,56 +567,50 @@ impl Heap {
                 self.maybe_decommit();
                 return size;
             }
-            let nh = rd(next);
+            let nh = hdr(next);
             if htag(nh) == 0 {
+                rsize += fsize(next);
                 self.remove_free(next);
                 self.absorbed(next, rest);
-                rsize += hsize(nh);
             } else {
-                wr(next, nh | 1);
+                set_hdr(next, nh | 1);
             }
             self.insert_free(rest, rsize);
             size
         }
     }
 
-    /// Grows live block `b` to at least `size` bytes without moving it, from a free successor or the
-    /// wilderness. Returns the new block size, or None when it cannot grow in place.
+    /// Grows live block `b` from `cur` to at least `size` bytes without moving it, from a free
+    /// successor or the wilderness. Returns the new block size, or None when it cannot grow in place.
     ///
     /// # Safety
-    /// `b` is a live block smaller than `size`.
-    pub unsafe fn grow_in_place(&mut self, b: usize, size: usize) -> Option<usize> {
-        // SAFETY: b is a live block; see `free_block`.
-        unsafe {
-            let h = rd(b);
-            let cur = hsize(h);
-            let keep = h & !(0x7FFF_FFFF << 1);
-            let next = b + cur;
-            if next == self.top {
-                let end = b.checked_add(size)?;
-                if end > self.commit_end && !self.grow(end) {
-                    return None;
-                }
-                if self.limit != 0 && end - self.base > self.limit {
-                    return None;
-                }
-                self.top = end;
-                wr(b, keep | ((size >> 4) << 1));
-                return Some(size);
-            }
-            let nh = rd(next);
-            if htag(nh) != 0 || cur + hsize(nh) < size {
+    /// `b` is a live block of `cur < size` bytes.
+    pub unsafe fn grow_in_place(&mut self, b: usize, cur: usize, size: usize) -> Option<usize> {
+        let next = b + cur;
+        if next == self.top {
+            let end = b.checked_add(size)?;
+            if self.limit != 0 && end - self.base > self.limit {
                 return None;
             }
-            let total = cur + hsize(nh);
+            if end > self.commit_end && !self.grow(end) {
+                return None;
+            }
+            self.top = end;
+            return Some(size);
+        }
+        // SAFETY: b is a live block; see `free_block`.
+        unsafe {
+            let nh = hdr(next);
+            if htag(nh) != 0 || cur + fsize(next) < size {
+                return None;
+            }
+            let total = cur + fsize(next);
             self.remove_free(next);
             self.absorbed(next, b);
             if total - size >= MIN_BLOCK {
-                wr(b, keep | ((size >> 4) << 1));
                 self.insert_free(b + size, total - size);
                 Some(size)
             } else {
-                wr(b, keep | ((total >> 4) << 1));
                 self.set_prev_free(b + total, false);
                 Some(total)
             }
@@ -632,17 +660,18 @@ impl Heap {
             while b != 0 {
                 // SAFETY: listed free blocks have valid headers and links.
                 unsafe {
-                    best = best.max(hsize(rd(b)));
-                    b = rd(b + 8);
+                    best = best.max(fsize(b));
+                    b = rd(b + NEXT_OFF);
                 }
             }
         }
         best
     }
 
-    /// Walks the tiling and the free lists; calls `live(block, header)` for each live block. Panics
-    /// on a violation of the module's invariants. Returns the number of live blocks.
-    pub fn check_blocks(&self, mut live: impl FnMut(usize, usize)) -> usize {
+    /// Walks the tiling and the free lists; calls `live(block, header)` for each live block, which
+    /// checks it and returns its size (kept in its slot). Panics on a violation of the module's
+    /// invariants. Returns the number of live blocks.
+    pub fn check_blocks(&self, mut live: impl FnMut(usize, usize) -> usize) -> usize {
         if self.base == 0 {
             return 0;
         }
@@ -655,19 +684,27 @@ impl Heap {
         while b < self.top {
             resume_ok |= b == self.resume;
             // SAFETY: b is a block boundary inside [start, top) by induction.
-            let h = unsafe { rd(b) };
-            let size = hsize(h);
-            assert!(size >= MIN_BLOCK && size % 16 == 0, "block {b:#x}: bad size {size}");
-            assert!(b + size <= self.top, "block {b:#x} runs past top");
+            let h = unsafe { hdr(b) };
+            assert!(h & KIND_MASK != KIND_MASK, "block {b:#x}: bad kind");
             assert_eq!(h & 1 != 0, prev_free, "block {b:#x}: prev_free bit");
-            if htag(h) == QUICK {
+            let tag = htag(h);
+            let size = if tag == 0 || tag == QUICK {
+                // SAFETY: free and quick blocks hold their size at +4 (checked below to be sane).
+                unsafe { fsize(b) }
+            } else {
+                live(b, h)
+            };
+            assert!(size >= MIN_BLOCK && size % 16 == 0, "block {b:#x}: bad size {size}");
+            assert!(size <= self.top - b, "block {b:#x} runs past top");
+            if tag == QUICK {
                 quick += size;
                 nquick += 1;
                 prev_free = false;
-            } else if htag(h) == 0 {
+            } else if tag == 0 {
                 assert!(!prev_free, "two adjacent free blocks at {b:#x}");
-                // SAFETY: a free block's footer is its last word.
-                assert_eq!(unsafe { rd(b + size - 8) }, size, "free block {b:#x}: footer");
+                // SAFETY: a free block's footer is its last 4 bytes.
+                let footer = unsafe { *((b + size - 4) as *const u32) } as usize;
+                assert_eq!(footer << 4, size, "free block {b:#x}: footer");
                 assert!(b + size < self.top, "free block {b:#x} touches the wilderness");
                 free += size;
                 nfree += 1;
@@ -675,7 +712,6 @@ impl Heap {
             } else {
                 used += size;
                 nlive += 1;
-                live(b, h);
                 prev_free = false;
             }
             b += size;
@@ -691,15 +727,16 @@ impl Heap {
             while q != 0 {
                 assert!(q >= self.start && q < self.top, "quick block {q:#x} outside the heap");
                 // SAFETY: q lies in the heap (checked above).
-                let h = unsafe { rd(q) };
-                assert_eq!((htag(h), hsize(h)), (QUICK, i << 4), "quick list {i}: block {q:#x}");
+                let h = unsafe { hdr(q) };
                 // SAFETY: as above.
-                assert_eq!(unsafe { rd(q + 16) }, qprev, "quick back link of {q:#x}");
+                assert_eq!((htag(h), unsafe { fsize(q) }), (QUICK, i << 4), "quick list {i}: block {q:#x}");
+                // SAFETY: as above.
+                assert_eq!(unsafe { rd(q + PREV_OFF) }, qprev, "quick back link of {q:#x}");
                 qprev = q;
                 listed_quick += 1;
                 assert!(listed_quick <= nquick, "quick lists longer than the quick blocks");
                 // SAFETY: as above.
-                q = unsafe { rd(q + 8) };
+                q = unsafe { rd(q + NEXT_OFF) };
             }
         }
         assert_eq!(listed_quick, nquick, "quick blocks missing from their lists");
@@ -714,12 +751,12 @@ impl Heap {
                     assert!(f >= self.start && f < self.top, "listed block {f:#x} outside the heap");
                     // SAFETY: f is inside the heap; its header is checked to be a free one.
                     unsafe {
-                        let h = rd(f);
+                        let h = hdr(f);
                         assert_eq!(htag(h), 0, "listed block {f:#x} is live");
-                        assert_eq!(mapping(hsize(h)), (fl, sl), "block {f:#x} in the wrong list");
-                        assert_eq!(rd(f + 16), prev, "back link of {f:#x}");
+                        assert_eq!(mapping(fsize(f)), (fl, sl), "block {f:#x} in the wrong list");
+                        assert_eq!(rd(f + PREV_OFF), prev, "back link of {f:#x}");
                         prev = f;
-                        f = rd(f + 8);
+                        f = rd(f + NEXT_OFF);
                     }
                     listed += 1;
                     assert!(listed <= nfree, "free lists longer than the free blocks");

@@ -185,11 +185,12 @@ impl Rm {
         inner.heap.used += real;
         // SAFETY: b is the block just allocated; idx is below the high-water mark.
         unsafe {
-            heap::wr(b, heap::rd(b) | ((idx + 1) << 32));
+            heap::set_hdr(b, heap::hdr(b) | heap::live_header(idx + 1, false));
             let slot = self.table.slot(idx);
             // Relaxed: published by the Release store of the state.
             slot.block.store(b, Ordering::Relaxed);
             slot.size.store(size, Ordering::Relaxed);
+            slot.next_free.store(real, Ordering::Relaxed);
             let gen = slot.state.load(Ordering::Relaxed) >> GEN_SHIFT;
             // Release pairs with the Acquire loads of `live_slot`/`lock` in other threads.
             slot.state.store((gen << GEN_SHIFT) | LIVE, Ordering::Release);
@@ -328,8 +329,10 @@ impl Rm {
         let b = slot.block.load(Ordering::Relaxed);
         slot.block.store(0, Ordering::Relaxed);
         if s & PURGED == 0 {
-            // SAFETY: b was the live block of this slot, now freed and unlocked.
-            let size = unsafe { inner.heap.free_fast(b) };
+            // Relaxed: the live block's size, kept in the slot; only changed under the mutex.
+            let size = slot.next_free.load(Ordering::Relaxed);
+            // SAFETY: b was the live block of this slot, of `size` bytes, now freed and unlocked.
+            unsafe { inner.heap.free_fast(b, size) };
             inner.heap.used -= size;
         }
         let idx = self.table.index(slot);
@@ -356,29 +359,30 @@ impl Rm {
             inner.heap.used += real;
             let idx = self.table.index(slot);
             // SAFETY: b is the block just allocated.
-            unsafe { heap::wr(b, heap::rd(b) | ((idx + 1) << 32)) };
+            unsafe { heap::set_hdr(b, heap::hdr(b) | heap::live_header(idx + 1, false)) };
             // Relaxed: published by the Release below.
             slot.block.store(b, Ordering::Relaxed);
             slot.size.store(size, Ordering::Relaxed);
+            slot.next_free.store(real, Ordering::Relaxed);
             // Release pairs with `lock`'s Acquire.
             slot.state.fetch_and(!PURGED, Ordering::Release);
             return Ok(());
         }
         // Relaxed: the block address changes only under the mutex, which we hold.
         let b = slot.block.load(Ordering::Relaxed);
-        // SAFETY: b is the live block of this slot.
-        let cur = heap::hsize(unsafe { heap::rd(b) });
-        let before = cur;
+        // Relaxed: the live block's size, kept in the slot; only changed under the mutex.
+        let cur = slot.next_free.load(Ordering::Relaxed);
         let after = if bsize <= cur {
-            // SAFETY: b is a live block of at least bsize bytes.
-            Some(unsafe { inner.heap.shrink(b, bsize) })
+            // SAFETY: b is a live block of `cur >= bsize` bytes.
+            Some(unsafe { inner.heap.shrink(b, cur, bsize) })
         } else {
-            // SAFETY: b is a live block smaller than bsize.
-            unsafe { inner.heap.grow_in_place(b, bsize) }
+            // SAFETY: b is a live block of `cur < bsize` bytes.
+            unsafe { inner.heap.grow_in_place(b, cur, bsize) }
         };
         if let Some(after) = after {
-            inner.heap.used = inner.heap.used + after - before;
+            inner.heap.used = inner.heap.used + after - cur;
             slot.size.store(size, Ordering::Relaxed);
+            slot.next_free.store(after, Ordering::Relaxed);
             return Ok(());
         }
         // It must move: pin it (count 0 -> MOVING) so that neither compaction nor purging touches it,
@@ -408,17 +412,19 @@ impl Rm {
         // Relaxed: the pinned block does not move; we hold the mutex.
         let b = slot.block.load(Ordering::Relaxed);
         let old_size = slot.size.load(Ordering::Relaxed);
-        // SAFETY: nb is a fresh block of at least size + HEADER bytes, b the pinned old block of at
-        // least old_size + HEADER bytes; they do not overlap.
+        let old_block = slot.next_free.load(Ordering::Relaxed);
+        // SAFETY: nb is a fresh block of at least size + HEADER bytes, b the pinned old block (of
+        // `old_block` bytes, at least old_size + HEADER); they do not overlap.
         unsafe {
-            heap::wr(nb, heap::rd(nb) | ((idx + 1) << 32));
+            heap::set_hdr(nb, heap::hdr(nb) | heap::live_header(idx + 1, false));
             core::ptr::copy_nonoverlapping((b + HEADER) as *const u8, (nb + HEADER) as *mut u8, old_size.min(size));
-            let freed = inner.heap.free_block(b);
-            inner.heap.used -= freed;
+            inner.heap.free_block(b, old_block);
+            inner.heap.used -= old_block;
         }
         // Relaxed: published by the Release below.
         slot.block.store(nb, Ordering::Relaxed);
         slot.size.store(size, Ordering::Relaxed);
+        slot.next_free.store(real, Ordering::Relaxed);
         // Release pairs with `lock`'s Acquire.
         slot.state.fetch_and(!MOVING, Ordering::Release);
         Ok(())
@@ -515,7 +521,9 @@ impl Rm {
             let s = slot.state.load(Ordering::Relaxed);
             assert!(s & LIVE != 0 && s & PURGED == 0, "block {b:#x} names a dead or purged slot {idx}");
             assert_eq!(slot.block.load(Ordering::Relaxed), b, "slot {idx} does not name block {b:#x}");
-            assert!(slot.size.load(Ordering::Relaxed) + HEADER <= heap::hsize(hd), "slot {idx} larger than its block");
+            let bsize = slot.next_free.load(Ordering::Relaxed);
+            assert!(slot.size.load(Ordering::Relaxed) + HEADER <= bsize, "slot {idx} larger than its block");
+            bsize
         });
         let mut unpurged = 0;
         for i in 0..hwm {

@@ -56,7 +56,9 @@ pub struct Slot {
     pub block: AtomicUsize,
     /// The size the program asked for (what `rmsize` reports).
     pub size: AtomicUsize,
-    /// Link of the free queue (a slot index, or [`NONE`]); used under the heap mutex only.
+    /// While the handle is live: the size of its block (the block header has no room for it). While
+    /// it is free: the link of the quarantine queue or the reusable stack (a slot index, or [`NONE`]).
+    /// Used under the heap mutex only.
     pub next_free: AtomicUsize,
 }
 

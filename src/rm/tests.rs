@@ -101,7 +101,7 @@ fn model_run(seed: u64, steps: usize, limit: usize) {
                         // With nothing locked, compaction leaves one run: the request really does not fit.
                         if live.iter().all(|e| e.locks == 0) {
                             let used = rm.stats().used;
-                            assert!(8 + used + heap::block_size(size).unwrap() > limit, "OOM with room: used {used} size {size}");
+                            assert!(heap::START_PAD + used + heap::block_size(size).unwrap() > limit, "OOM with room: used {used} size {size}");
                         }
                     }
                 }
