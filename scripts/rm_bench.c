@@ -5,12 +5,15 @@
  *        -o /tmp/rm_bench && /tmp/rm_bench
  *
  * glibc's malloc is taken from libc.so.6 with dlsym, so the numbers stay glibc's even when rallocs
- * exports malloc. Reports: ns per alloc+free pair, ns per lock+unlock pair, compaction ns per MiB moved,
+ * exports malloc; rallocs' own malloc family goes through the same adapter. Reports: ns per alloc+free
+ * pair, ns per lock+unlock pair, compaction ns per MiB moved,
  * and for two workloads (fragmenting; browser-like) the time per operation and the memory needed: for
  * rmalloc the smallest rmsetlimit budget (grown in 5% steps from the peak live bytes) in which the
  * workload completes, then bisected to 0.25%; for glibc its peak footprint (mallinfo2 arena + mmapped
  * bytes), for rallocs' malloc family its peak committed bytes (rallocs_stats_get), both sampled every
- * 256 operations. */
+ * 256 operations. Operation times are the best of 3 runs in thread CPU time (the machine is shared).
+ * Options: --quick (micro only), --browser (that workload only), --profile-browser,
+ * --profile-fragment [budget factor] (rmalloc alone, for perf record). */
 #define _GNU_SOURCE
 #include <rallocs.h>
 
