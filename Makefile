@@ -85,13 +85,15 @@ install: all
 	ln -sf librallocs.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/librallocs.so
 	install -m 644 $(BUILD)/librallocs.a $(DESTDIR)$(LIBDIR)/librallocs.a
 	install -m 644 include/rallocs.h $(DESTDIR)$(INCLUDEDIR)/rallocs.h
+	install -m 644 include/rallocs.hpp $(DESTDIR)$(INCLUDEDIR)/rallocs.hpp
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	  -e 's|@VERSION@|$(VERSION)|' -e "s|@NATIVE_STATIC_LIBS@|$$(cat $(BUILD)/native-static-libs)|" \
 	  pkgconfig/rallocs.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/rallocs.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/$(SO) $(DESTDIR)$(LIBDIR)/librallocs.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/librallocs.so \
-	  $(DESTDIR)$(LIBDIR)/librallocs.a $(DESTDIR)$(INCLUDEDIR)/rallocs.h $(DESTDIR)$(PKGCONFIGDIR)/rallocs.pc
+	  $(DESTDIR)$(LIBDIR)/librallocs.a $(DESTDIR)$(INCLUDEDIR)/rallocs.h \
+	  $(DESTDIR)$(INCLUDEDIR)/rallocs.hpp $(DESTDIR)$(PKGCONFIGDIR)/rallocs.pc
 
 clean:
 	$(CARGO) clean

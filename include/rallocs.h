@@ -59,6 +59,12 @@ typedef enum rm_status_t {
 } rm_status_t;
 
 /**
+ * A region: an arena of pages from which blocks are allocated by bumping a pointer, and freed one by one
+ * or all at once. Opaque: create it with `region_create`, destroy it with `region_destroy`.
+ */
+typedef struct region_t region_t;
+
+/**
  * An rmalloc handle: opaque. Its address never changes while the block it names moves during
  * compaction; reach the bytes with `rmlock` and release them with `rmunlock`.
  */
@@ -125,6 +131,48 @@ typedef struct rallocs_stats_t {
      */
     uint64_t trims;
 } rallocs_stats_t;
+
+/**
+ * Figures of one region and of the process-wide page pool, filled by `region_stats_get`.
+ */
+typedef struct region_stats_t {
+    /**
+     * Usable bytes of the region's live blocks (what `region_usable_size` reports, summed).
+     */
+    size_t live_bytes;
+    /**
+     * Live blocks of the region.
+     */
+    size_t live_objects;
+    /**
+     * The largest `live_bytes` since the region was created (a reset does not lower it).
+     */
+    size_t peak_bytes;
+    /**
+     * Pages the region uses: pages holding blocks, the pages of large blocks, and its first page.
+     */
+    size_t pages_in_use;
+    /**
+     * Empty pages the region keeps for reuse (at most a few).
+     */
+    size_t pages_cached;
+    /**
+     * Bytes of one page.
+     */
+    size_t page_size;
+    /**
+     * Process-wide: free pages the shared pool keeps resident for the next region that needs one.
+     */
+    size_t pool_pages_free;
+    /**
+     * Process-wide: free pages whose memory the pool gave back to the operating system.
+     */
+    size_t pool_pages_released;
+    /**
+     * Process-wide: pages carved from the 32 GiB reservation so far (a high-water mark).
+     */
+    size_t pool_pages_carved;
+} region_stats_t;
 
 /**
  * A snapshot of the rmalloc heap, filled by `rm_stats_get`. Sizes are bytes.
@@ -285,6 +333,145 @@ void rallocs_stats_get(struct rallocs_stats_t *out);
  * descriptor `fd` (2 for stderr). Does not allocate. Thread-safe.
  */
 void rallocs_stats_print(int fd);
+
+/**
+ * Creates an empty region. Its pages come from a 32 GiB address-space reservation that the first
+ * `region_create` of the process makes and every region shares.
+ *
+ * Returns NULL with `errno` = `ENOMEM` when the reservation cannot be made (for example under a low
+ * `ulimit -v`) or is exhausted. Thread-safe.
+ */
+struct region_t *region_create(void);
+
+/**
+ * Runs the region's cleanup callbacks (most recently registered first), then frees every block and
+ * gives every page back to the shared pool. `r` must not be used afterwards. NULL is ignored; a pointer
+ * that is not a live region aborts. Not thread-safe for the same region.
+ *
+ * # Safety
+ * `r` is NULL or a live region that no other thread uses.
+ */
+void region_destroy(struct region_t *r);
+
+/**
+ * Runs the region's cleanup callbacks (most recently registered first, then forgets them), frees every
+ * block at once and keeps one page (plus a few empty ones) for what comes next. NULL is ignored.
+ *
+ * # Safety
+ * `r` is NULL or a live region that no other thread uses.
+ */
+void region_reset(struct region_t *r);
+
+/**
+ * Allocates `size` bytes from region `r`, aligned to 16 bytes. `size` 0 returns a unique block.
+ * Blocks larger than a page (about 16 KiB) get pages of their own.
+ *
+ * Returns NULL with `errno` = `EINVAL` when `r` is NULL, `ENOMEM` when memory, the reservation or the
+ * size limit (half the reservation) is exhausted. A region is used by one thread at a time;
+ * different regions may be used by different threads at once.
+ *
+ * # Safety
+ * `r` is NULL or a live region that no other thread uses.
+ */
+void *region_alloc(struct region_t *r, size_t size);
+
+/**
+ * Allocates `size` bytes from region `r`, aligned to `align`, which must be a power of two (any, up to
+ * the size of the reservation). Returns NULL with `errno` = `EINVAL` for a NULL region or a bad
+ * alignment, `ENOMEM` when out of memory. Free the block with `region_free`.
+ *
+ * # Safety
+ * `r` is NULL or a live region that no other thread uses.
+ */
+void *region_alloc_aligned(struct region_t *r, size_t size, size_t align);
+
+/**
+ * Allocates `n * size` bytes from region `r`, zeroed and 16-byte aligned. Returns NULL with `errno` =
+ * `EINVAL` for a NULL region, `ENOMEM` when `n * size` overflows or memory runs out.
+ *
+ * # Safety
+ * `r` is NULL or a live region that no other thread uses.
+ */
+void *region_calloc(struct region_t *r, size_t n, size_t size);
+
+/**
+ * Resizes block `p` of region `r` to `size` bytes, keeping its contents up to the smaller size.
+ * In place when `p` is the last block allocated in its page (or shrinks by less than half, or is a
+ * large block with room); otherwise the contents move and `p` is freed. NULL `p` is `region_alloc`.
+ *
+ * Returns the block, or NULL with `errno`: `EINVAL` for a NULL region, `ENOMEM` when out of memory (then
+ * `p` is untouched). Aborts when `p` is not a live block of `r`.
+ *
+ * # Safety
+ * `r` is NULL or a live region that no other thread uses; `p` is NULL or a block of it.
+ */
+void *region_realloc(struct region_t *r, void *p, size_t size);
+
+/**
+ * Frees block `p` of region `r` in constant time. A page that empties is recycled. NULL `p` is
+ * ignored. Aborts with a one-line message when `p` is not a live block of `r` (a block of another
+ * region, a stack or malloc address, a block freed twice, an interior pointer unless the 8 bytes below
+ * it happen to look like a block header), or when `r` is NULL and `p` is not.
+ *
+ * # Safety
+ * `r` is NULL or a live region that no other thread uses.
+ */
+void region_free(struct region_t *r, void *p);
+
+/**
+ * Usable bytes of block `p` (at least what was asked for; the block may be written up to it). 0 for
+ * NULL. Aborts when `p` is not a live region block. Call it from the thread that uses `p`'s region.
+ *
+ * # Safety
+ * `p` is NULL or a live block of a region the calling thread uses.
+ */
+size_t region_usable_size(const void *p);
+
+/**
+ * Whether `p` points into a page of region `r` (into a block or not). False when either is NULL.
+ *
+ * # Safety
+ * `r` is NULL or a live region that no other thread uses.
+ */
+bool region_contains(const struct region_t *r, const void *p);
+
+/**
+ * Encodes `p`, any 8-byte aligned address inside region memory (every block is), as a 32-bit offset:
+ * its distance from the start of the process-wide reservation in 8-byte units. NULL encodes as 0, which
+ * no block has. `region_at` decodes it. Aborts for an address outside region memory. Thread-safe.
+ */
+uint32_t region_offset(const void *p);
+
+/**
+ * Decodes an offset from `region_offset`: 0 gives NULL. Aborts when no region was ever created (no
+ * offset can exist then). Thread-safe.
+ */
+void *region_at(uint32_t offset);
+
+/**
+ * Registers `fn(arg)` to run when region `r` is reset or destroyed; callbacks run most recently
+ * registered first, while the region's blocks are still valid. A callback may allocate from and free
+ * into the region (one it registers during the run runs too) but must not reset or destroy it. The
+ * record lives in the region itself.
+ *
+ * Returns 0 on success, or an error number (also stored in `errno`): `EINVAL` when `r` or `fn` is NULL,
+ * `ENOMEM` when out of memory.
+ *
+ * # Safety
+ * `r` is NULL or a live region that no other thread uses; `fn` is safe to call with `arg` then.
+ */
+int32_t region_on_destroy(struct region_t *r, void (*fn)(void*), void *arg);
+
+/**
+ * Fills `*stats` with region `r`'s figures and the shared pool's. With a NULL `r` only the pool's
+ * figures (and `page_size`) are filled, the others are 0. Does nothing when `stats` is NULL. The pool
+ * figures are read under the pool lock; the region's from the calling thread, which must be the one
+ * using `r`.
+ *
+ * # Safety
+ * `r` is NULL or a live region that no other thread uses; `stats` is NULL or writable.
+ */
+void region_stats_get(const struct region_t *r, struct region_stats_t *stats);
 
 /**
  * Allocates a relocatable block of `size` bytes and stores its handle in `*handle`.

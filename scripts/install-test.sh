@@ -12,10 +12,13 @@ bad() { echo "install-test: $*" >&2; fail=1; }
 m() { make -s -C "$root" "$@"; }
 
 m install PREFIX=$prefix DESTDIR="$stage" >/dev/null || { echo "install-test: make install failed" >&2; exit 1; }
-for f in lib/librallocs.so lib/librallocs.so.0 lib/librallocs.a include/rallocs.h lib/pkgconfig/rallocs.pc; do
+for f in lib/librallocs.so lib/librallocs.so.0 lib/librallocs.a include/rallocs.h include/rallocs.hpp lib/pkgconfig/rallocs.pc; do
     [ -e "$stage$prefix/$f" ] || bad "make install did not install $prefix/$f"
 done
 grep -q "^prefix=$prefix\$" "$stage$prefix/lib/pkgconfig/rallocs.pc" || bad "rallocs.pc does not say prefix=$prefix"
+printf '#include <rallocs.hpp>\nint main() { rallocs::region r; return r.get() == nullptr; }\n' |
+    ${CXX:-g++} -std=c++11 -Wall -Wextra -Werror -fsyntax-only -I"$stage$prefix/include" -x c++ - 2>"$stage/hpp.log" \
+    || { cat "$stage/hpp.log" >&2; bad "the installed rallocs.hpp does not compile"; }
 
 cat >"$stage/app.c" <<'APP'
 #include <rallocs.h>

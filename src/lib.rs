@@ -20,6 +20,7 @@ pub mod ffi;
 pub mod hoard;
 pub mod options;
 pub mod os;
+pub mod region;
 pub mod rm;
 pub mod size_class;
 pub mod sync;

@@ -206,6 +206,23 @@ impl Default for Once {
     }
 }
 
+impl<T> Mutex<T> {
+    /// Takes the lock and keeps it with no guard (for `pthread_atfork` prepare handlers, which cannot
+    /// hand a guard to the parent and child handlers).
+    pub fn lock_forever(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken with [`Mutex::lock_forever`].
+    ///
+    /// # Safety
+    /// The calling thread took the lock with `lock_forever` (or, in a child right after `fork()`, the
+    /// thread that took it no longer exists) and holds no reference into the protected value.
+    pub unsafe fn unlock_forgotten(&self) {
+        self.unlock();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,22 +285,5 @@ mod tests {
         }
         assert!(once.is_completed());
         assert_eq!(runs.load(Ordering::SeqCst), 1);
-    }
-}
-
-impl<T> Mutex<T> {
-    /// Takes the lock and keeps it with no guard (for `pthread_atfork` prepare handlers, which cannot
-    /// hand a guard to the parent and child handlers).
-    pub fn lock_forever(&self) {
-        core::mem::forget(self.lock());
-    }
-
-    /// Releases a lock taken with [`Mutex::lock_forever`].
-    ///
-    /// # Safety
-    /// The calling thread took the lock with `lock_forever` (or, in a child right after `fork()`, the
-    /// thread that took it no longer exists) and holds no reference into the protected value.
-    pub unsafe fn unlock_forgotten(&self) {
-        self.unlock();
     }
 }

@@ -6,6 +6,7 @@
 //! can compare them with `include/rallocs.h`.
 
 pub mod malloc;
+pub mod region;
 pub mod rm;
 pub mod types;
 pub mod version;

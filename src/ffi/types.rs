@@ -44,6 +44,32 @@ pub struct rallocs_stats_t {
     pub trims: u64,
 }
 
+// ---- region_* -----------------------------------------------------------------------------------------
+
+/// Figures of one region and of the process-wide page pool, filled by `region_stats_get`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct region_stats_t {
+    /// Usable bytes of the region's live blocks (what `region_usable_size` reports, summed).
+    pub live_bytes: usize,
+    /// Live blocks of the region.
+    pub live_objects: usize,
+    /// The largest `live_bytes` since the region was created (a reset does not lower it).
+    pub peak_bytes: usize,
+    /// Pages the region uses: pages holding blocks, the pages of large blocks, and its first page.
+    pub pages_in_use: usize,
+    /// Empty pages the region keeps for reuse (at most a few).
+    pub pages_cached: usize,
+    /// Bytes of one page.
+    pub page_size: usize,
+    /// Process-wide: free pages the shared pool keeps resident for the next region that needs one.
+    pub pool_pages_free: usize,
+    /// Process-wide: free pages whose memory the pool gave back to the operating system.
+    pub pool_pages_released: usize,
+    /// Process-wide: pages carved from the 32 GiB reservation so far (a high-water mark).
+    pub pool_pages_carved: usize,
+}
+
 // ---- rmalloc: relocatable handles over a compacting heap ----
 
 // The opaque handle type `rm_memory_t` is declared in `ffi/rm.rs`: ctest2 refuses a struct without

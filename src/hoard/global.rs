@@ -243,7 +243,10 @@ pub fn heap_for_thread() -> *mut Heap {
 }
 
 /// Returns an abandoned heap (all superblocks already given back) to the free list.
-pub fn recycle_heap(h: *mut Heap) {
+///
+/// # Safety
+/// `h` is a heap of ours that no thread uses any more and that holds no superblock.
+pub unsafe fn recycle_heap(h: *mut Heap) {
     let mut g = GLOBAL.lock();
     // SAFETY: h is a heap nobody uses any more.
     unsafe {
@@ -361,7 +364,10 @@ pub fn take(c: usize, owner: *mut Heap) -> *mut Superblock {
 }
 
 /// Receives a superblock from a thread heap (which already took it off its lists and its accounts).
-pub fn give(sb: *mut Superblock) {
+///
+/// # Safety
+/// `sb` is a superblock of ours that the calling heap owned, off all its lists; the caller gives it up.
+pub unsafe fn give(sb: *mut Superblock) {
     let mut g = GLOBAL.lock();
     // SAFETY: the heap handed sb over; under the lock, we are its only user.
     let r = unsafe { &mut *sb };

@@ -179,7 +179,7 @@ impl Heap {
     }
 
     /// Takes ownership of a superblock that nobody owns (fresh, or from the global heap).
-    pub fn adopt(&mut self, sb: *mut Superblock) {
+    fn adopt(&mut self, sb: *mut Superblock) {
         let me: *mut Heap = self;
         // SAFETY: the global heap handed sb over under its lock: nobody else uses its owner fields.
         let r = unsafe { &mut *sb };
@@ -210,7 +210,8 @@ impl Heap {
         sub_usize(&self.held, SUPERBLOCK_SIZE);
         sub_usize(&self.in_use, r.used as usize * r.block_size as usize);
         self.recompute_threshold();
-        global::give(sb);
+        // SAFETY: sb was ours, is detached, and is off our accounts.
+        unsafe { global::give(sb) };
     }
 
     /// Restores the emptiness invariant: while `u < a - K*S` and `u < (1-f) a`, move a superblock that
@@ -545,7 +546,8 @@ pub unsafe fn abandon(h: *mut Heap) {
         }
         heap.release_collected(sb);
     }
-    global::recycle_heap(h);
+    // SAFETY: every superblock went to the global heap above; the thread no longer uses h.
+    unsafe { global::recycle_heap(h) };
 }
 
 impl Heap {

@@ -185,8 +185,9 @@ pub fn resize_in_place(span: usize, size: usize) -> bool {
     if need <= h.span_len {
         return true;
     }
-    // Grow to the next span class, so that a block growing step by step asks the kernel O(log n) times.
-    let need = span_class(need, page).unwrap_or(need);
+    // Grow to at least twice the span (address space only: pages not written stay unallocated), so that
+    // a block growing step by step asks the kernel O(log n) times.
+    let need = span_class(need, page).unwrap_or(need).max(h.span_len.saturating_mul(2));
     // SAFETY: the span is one whole mapping of ours (map_base == span, map_len == span_len).
     let ok = unsafe { os::resize_in_place(NonNull::new_unchecked(span as *mut u8), h.map_len, need) }.is_ok();
     if ok {
@@ -311,6 +312,18 @@ pub fn trim() -> usize {
     expire(&mut c, 0, true)
 }
 
+/// Walks the cache's invariants (tests).
+pub fn check() {
+    let c = CACHE.lock();
+    let mut bytes = 0;
+    for e in &c.entries[..c.n] {
+        assert_eq!(e.span % SUPERBLOCK_SIZE, 0);
+        assert_eq!(addrmap::kind(e.span), addrmap::NONE, "a cached span is not live");
+        bytes += e.len;
+    }
+    assert_eq!(bytes, c.bytes);
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -327,16 +340,4 @@ mod tests {
         }
         assert_eq!(super::span_class(usize::MAX & !(page - 1), page), None);
     }
-}
-
-/// Walks the cache's invariants (tests).
-pub fn check() {
-    let c = CACHE.lock();
-    let mut bytes = 0;
-    for e in &c.entries[..c.n] {
-        assert_eq!(e.span % SUPERBLOCK_SIZE, 0);
-        assert_eq!(addrmap::kind(e.span), addrmap::NONE, "a cached span is not live");
-        bytes += e.len;
-    }
-    assert_eq!(bytes, c.bytes);
 }

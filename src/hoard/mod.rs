@@ -114,8 +114,12 @@ fn owner_of_large(p: *mut u8, func: &str) -> Owner {
 
 /// Frees `p` (NULL: nothing). `func` names the entry point in the abort message for a bad pointer;
 /// `record` as for [`malloc`].
+///
+/// # Safety
+/// `p` is NULL or a block this allocator returned that is still live. A pointer the allocator never
+/// returned is detected and aborts; a block freed twice is not always detected.
 #[inline(always)]
-pub fn free(p: *mut u8, func: &str, record: bool) {
+pub unsafe fn free(p: *mut u8, func: &str, record: bool) {
     if p.is_null() {
         return;
     }
@@ -132,7 +136,10 @@ pub fn free(p: *mut u8, func: &str, record: bool) {
 }
 
 /// Usable size of the live block `p` (0 for NULL).
-pub fn usable_size(p: *mut u8, func: &str) -> usize {
+///
+/// # Safety
+/// As for [`free`]; the block stays live.
+pub unsafe fn usable_size(p: *mut u8, func: &str) -> usize {
     if p.is_null() {
         return 0;
     }
@@ -164,12 +171,16 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
 /// glibc's realloc: NULL `p` allocates; size 0 frees and returns NULL; otherwise resizes, in place when
 /// the block already fits and is not more than twice the request, else by allocate-copy-free. On
 /// failure returns NULL and leaves `p` untouched.
-pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
+///
+/// # Safety
+/// As for [`free`]: `p` is NULL or a live block of this allocator, which the call takes over.
+pub unsafe fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if p.is_null() {
         return malloc(size, false);
     }
     if size == 0 {
-        free(p, func, false);
+        // SAFETY: the caller passes a live block and gives it up.
+        unsafe { free(p, func, false) };
         return ptr::null_mut();
     }
     let owner = owner_of(p, func);
@@ -181,17 +192,18 @@ pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if size <= old && size > old / 2 {
         return p;
     }
-    // A large block that grows: extend its mapping in place if the kernel can; if it must move, give
-    // it 50% headroom so that a loop that grows a buffer step by step copies O(n) bytes in all (the
-    // headroom is address space: pages not written stay unallocated).
+    // A block that grows into or within the large sizes: extend a large mapping in place if the kernel
+    // can; if it must move, give it 100% headroom so that a loop that grows a buffer step by step copies
+    // O(n) bytes and maps O(log n) times in all (the headroom is address space: pages not written stay
+    // unallocated).
     let mut new_size = size;
-    if let Owner::Large(span) = owner {
-        if size > old {
+    if size > old && size > MAX_SMALL_SIZE {
+        if let Owner::Large(span) = owner {
             if large::resize_in_place(span, size) {
                 return p;
             }
-            new_size = size.max(old.saturating_add(old / 2));
         }
+        new_size = size.max(old.saturating_mul(2));
     }
     let mut q = malloc(new_size, false);
     if q.is_null() && new_size != size {
@@ -200,9 +212,12 @@ pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if q.is_null() {
         return q;
     }
-    // SAFETY: p holds `old` bytes, q at least `size`; distinct live blocks.
-    unsafe { ptr::copy_nonoverlapping(p, q, old.min(size)) };
-    free(p, func, false);
+    // SAFETY: p holds `old` bytes, q at least `size`; distinct live blocks; then p, whose contents
+    // moved, is given up.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old.min(size));
+        free(p, func, false);
+    }
     q
 }
 

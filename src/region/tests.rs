@@ -1,0 +1,372 @@
+//! Model tests: random operation sequences against a shadow model, `check()` after every step, fill
+//! patterns verified before every free; error cases; pages flowing back to the pool; threads.
+
+use super::*;
+use crate::config::{REGION_POOL_KEEP_HIGH, REGION_POOL_KEEP_LOW};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Block {
+    p: usize,
+    size: usize,
+    fill: u8,
+}
+
+fn fill(b: &Block) {
+    // SAFETY: the block is live with at least `size` bytes.
+    let s = unsafe { core::slice::from_raw_parts_mut(b.p as *mut u8, b.size) };
+    if b.size <= 4096 {
+        for (i, x) in s.iter_mut().enumerate() {
+            *x = b.fill.wrapping_add(i as u8);
+        }
+    } else {
+        for i in (0..64).chain(b.size - 64..b.size) {
+            s[i] = b.fill.wrapping_add(i as u8);
+        }
+    }
+}
+
+fn verify(b: &Block, upto: usize) {
+    let n = b.size.min(upto);
+    // SAFETY: the block is live with at least `size` bytes.
+    let s = unsafe { core::slice::from_raw_parts(b.p as *const u8, n) };
+    let check = |i: usize| assert_eq!(s[i], b.fill.wrapping_add(i as u8), "block {:#x} byte {i} of {}", b.p, b.size);
+    if b.size <= 4096 {
+        (0..n).for_each(check);
+    } else {
+        (0..64.min(n)).for_each(check);
+        if n == b.size {
+            (b.size - 64..b.size).for_each(check);
+        }
+    }
+}
+
+fn new_region() -> &'static mut Region {
+    let r = Region::create().expect("region_create");
+    // SAFETY: just created, used by this thread only.
+    unsafe { &mut *r.as_ptr() }
+}
+
+fn destroy(r: &mut Region) {
+    // SAFETY: r is live and not used afterwards.
+    unsafe { Region::destroy(r) };
+}
+
+fn size_for(rng: &mut Rng) -> usize {
+    match rng.below(100) {
+        0..=79 => 1 + rng.below(256),
+        80..=92 => rng.below(2048),
+        93..=97 => 2048 + rng.below(SMALL_MAX),
+        _ => SMALL_MAX - 16 + rng.below(70_000),
+    }
+}
+
+fn model_run(seed: u64, steps: usize) {
+    let mut rng = Rng(seed);
+    let r = new_region();
+    let mut live: Vec<Block> = Vec::new();
+    for step in 0..steps {
+        let op = rng.below(100);
+        if op < 45 || live.is_empty() {
+            let size = size_for(&mut rng);
+            let b = if rng.below(10) == 0 {
+                let align = 1usize << (4 + rng.below(19));
+                let p = r.alloc_aligned(size, align).expect("alloc_aligned").as_ptr() as usize;
+                assert_eq!(p % align, 0, "alignment {align}");
+                Block { p, size, fill: rng.next() as u8 }
+            } else {
+                let p = r.alloc(size).expect("alloc").as_ptr() as usize;
+                assert_eq!(p % 16, 0);
+                Block { p, size, fill: rng.next() as u8 }
+            };
+            assert!(Region::usable_size(b.p).unwrap() >= size);
+            assert!(r.contains(b.p) && r.contains(b.p + size.max(1) - 1));
+            assert_eq!(at_offset(offset_of(b.p).unwrap()), Some(b.p));
+            fill(&b);
+            live.push(b);
+        } else if op < 85 {
+            // Free: sometimes the newest (LIFO), sometimes the oldest (FIFO), else random.
+            let i = match rng.below(3) {
+                0 => live.len() - 1,
+                1 => 0,
+                _ => rng.below(live.len()),
+            };
+            let b = live.remove(i);
+            verify(&b, usize::MAX);
+            r.free(b.p).expect("free of a live block");
+        } else if op < 97 {
+            let i = rng.below(live.len());
+            let old = live[i];
+            verify(&old, usize::MAX);
+            let size = if rng.below(2) == 0 { old.size / 2 + rng.below(64) } else { size_for(&mut rng) };
+            let p = r.realloc(old.p, size).expect("realloc of a live block").expect("memory").as_ptr() as usize;
+            verify(&Block { p, ..old }, size);
+            let nb = Block { p, size, fill: old.fill };
+            fill(&nb);
+            live[i] = nb;
+        } else if op < 98 && rng.below(8) == 0 {
+            r.reset();
+            live.clear();
+        } else {
+            // A double free or an interior pointer is refused, and changes nothing.
+            let b = live[rng.below(live.len())];
+            if b.size > 16 {
+                assert!(r.free(b.p + 16).is_err(), "interior pointer refused");
+            }
+        }
+        r.check();
+        let st = r.stats();
+        assert_eq!(st.live_objects, live.len(), "step {step}");
+        assert!(st.live_bytes >= live.iter().map(|b| b.size).sum::<usize>());
+    }
+    for b in live.drain(..) {
+        verify(&b, usize::MAX);
+        r.free(b.p).unwrap();
+        r.check();
+    }
+    assert_eq!(r.stats().live_bytes, 0);
+    destroy(r);
+}
+
+#[test]
+fn model_random_sequences() {
+    for seed in 1..=6u64 {
+        model_run(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, 3000);
+    }
+}
+
+#[test]
+fn fifo_recycles_pages_and_keeps_footprint() {
+    let r = new_region();
+    let mut q = std::collections::VecDeque::new();
+    let mut rng = Rng(7);
+    for i in 0..200_000 {
+        let size = 16 + rng.below(241);
+        let p = r.alloc(size).unwrap().as_ptr() as usize;
+        // SAFETY: fresh block of `size` bytes.
+        unsafe { *(p as *mut u64) = i };
+        q.push_back((p, i));
+        if q.len() > 1000 {
+            let (p, v) = q.pop_front().unwrap();
+            // SAFETY: live block.
+            assert_eq!(unsafe { *(p as *const u64) }, v);
+            r.free(p).unwrap();
+        }
+    }
+    r.check();
+    let st = r.stats();
+    // 1,000 blocks of at most 272 bytes need at most 17 pages; recycling keeps it near that.
+    assert!(st.pages_in_use <= 24, "pages in use {}", st.pages_in_use);
+    assert!(st.pages_in_use * REGION_PAGE <= 2 * st.peak_bytes + 2 * REGION_PAGE);
+    destroy(r);
+}
+
+#[test]
+fn random_order_footprint_stays_bounded() {
+    let r = new_region();
+    let mut rng = Rng(11);
+    let mut live: Vec<usize> = Vec::new();
+    for _ in 0..300_000 {
+        if live.len() < 5000 || rng.below(2) == 0 {
+            live.push(r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize);
+        }
+        if live.len() > 5000 {
+            let i = rng.below(live.len());
+            r.free(live.swap_remove(i)).unwrap();
+        }
+    }
+    r.check();
+    let st = r.stats();
+    let footprint = st.pages_in_use * REGION_PAGE;
+    assert!(footprint <= 2 * st.live_bytes, "footprint {footprint} for {} live bytes", st.live_bytes);
+    destroy(r);
+}
+
+#[test]
+fn lifo_frees_give_space_back_to_the_hole() {
+    let r = new_region();
+    let a = r.alloc(100).unwrap().as_ptr() as usize;
+    let b = r.alloc(100).unwrap().as_ptr() as usize;
+    r.free(b).unwrap();
+    let c = r.alloc(100).unwrap().as_ptr() as usize;
+    assert_eq!(b, c, "the freed last block is reused at once");
+    // Realloc of the last block grows in place.
+    let d = r.realloc(c, 1000).unwrap().unwrap().as_ptr() as usize;
+    assert_eq!(d, c);
+    r.check();
+    r.free(a).unwrap();
+    r.free(d).unwrap();
+    r.check();
+    destroy(r);
+}
+
+#[test]
+fn bad_pointers_are_refused() {
+    let r = new_region();
+    let s = new_region();
+    let a = r.alloc(64).unwrap().as_ptr() as usize;
+    let b = s.alloc(64).unwrap().as_ptr() as usize;
+    let big = r.alloc(100_000).unwrap().as_ptr() as usize;
+    let local = 0u64;
+    assert_eq!(r.free(&local as *const u64 as usize), Err(BadPointer::Outside));
+    assert_eq!(r.free(b), Err(BadPointer::NotThisRegion));
+    assert_eq!(r.free(a + 16), Err(BadPointer::NotLive));
+    assert_eq!(r.free(a + 8), Err(BadPointer::NotLive));
+    assert_eq!(r.free(big + REGION_PAGE), Err(BadPointer::NotLive), "inside a large block");
+    assert_eq!(r.realloc(b, 10).err(), Some(BadPointer::NotThisRegion));
+    r.free(a).unwrap();
+    assert_eq!(r.free(a), Err(BadPointer::NotLive), "double free");
+    r.free(big).unwrap();
+    assert_eq!(r.free(big), Err(BadPointer::NotThisRegion), "double free of a large block");
+    assert!(Region::usable_size(a).is_err());
+    assert!(!r.contains(b) && s.contains(b));
+    assert!(offset_of(&local as *const u64 as usize).is_err());
+    assert_eq!(offset_of(0), Ok(0));
+    assert_eq!(at_offset(0), Some(0));
+    r.check();
+    s.check();
+    destroy(r);
+    destroy(s);
+}
+
+#[test]
+fn overflowing_sizes_fail() {
+    let r = new_region();
+    assert!(r.alloc(usize::MAX).is_none());
+    assert!(r.alloc(usize::MAX - 8).is_none());
+    assert!(r.alloc(REGION_RESERVE).is_none());
+    assert!(r.alloc_aligned(usize::MAX / 2, 1 << 20).is_none());
+    r.check();
+    destroy(r);
+}
+
+static LOG: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn record(arg: *mut core::ffi::c_void) {
+    LOG.lock().unwrap().push(arg as usize);
+}
+
+#[test]
+fn callbacks_run_in_reverse_on_reset_and_destroy() {
+    let r = new_region();
+    for i in 1..=3 {
+        r.on_destroy(record, i as *mut _).unwrap();
+    }
+    let x = r.alloc(10).unwrap();
+    r.check();
+    assert_eq!(r.stats().live_objects, 1, "records are not user blocks");
+    assert!(LOG.lock().unwrap().is_empty());
+    r.reset();
+    assert_eq!(*LOG.lock().unwrap(), vec![3, 2, 1]);
+    assert!(!r.contains(x.as_ptr() as usize) || r.free(x.as_ptr() as usize).is_err(), "reset freed x");
+    r.on_destroy(record, 9 as *mut _).unwrap();
+    r.check();
+    destroy(r);
+    assert_eq!(*LOG.lock().unwrap(), vec![3, 2, 1, 9]);
+}
+
+#[test]
+fn pages_go_back_to_the_pool_and_the_os() {
+    let r = new_region();
+    let mut v = Vec::new();
+    let n = (REGION_POOL_KEEP_HIGH + 100) * (SMALL_MAX / 1000);
+    for _ in 0..n {
+        v.push(r.alloc(1000).unwrap().as_ptr() as usize);
+    }
+    let in_use = r.stats().pages_in_use;
+    assert!(in_use > REGION_POOL_KEEP_HIGH, "{in_use}");
+    for p in v {
+        r.free(p).unwrap();
+    }
+    let st = r.stats();
+    assert!(st.pages_in_use <= 2, "empty pages leave the region: {}", st.pages_in_use);
+    assert!(st.pages_cached <= REGION_CACHE_PAGES);
+    assert!(st.pool.warm <= REGION_POOL_KEEP_HIGH, "the pool keeps a bounded number resident");
+    assert!(st.pool.cold >= in_use - REGION_POOL_KEEP_HIGH - REGION_CACHE_PAGES - 2, "the rest went back to the OS");
+    r.check();
+    pool::lock().check();
+    destroy(r);
+    assert!(pool_stats().warm >= REGION_POOL_KEEP_LOW.min(1));
+}
+
+#[test]
+fn reset_keeps_one_page() {
+    let r = new_region();
+    for _ in 0..10_000 {
+        r.alloc(200).unwrap();
+    }
+    r.alloc(1 << 20).unwrap();
+    assert!(r.stats().pages_in_use > 100);
+    r.reset();
+    r.check();
+    let st = r.stats();
+    assert_eq!((st.pages_in_use, st.live_bytes, st.live_objects), (1, 0, 0));
+    assert!(st.peak_bytes > 2_000_000);
+    let p = r.alloc(10).unwrap().as_ptr() as usize;
+    assert!(r.contains(p));
+    destroy(r);
+}
+
+#[test]
+fn threads_use_their_own_regions_while_others_come_and_go() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 50 {
+                let r = new_region();
+                for i in 0..50 {
+                    r.alloc(i * 100).unwrap();
+                }
+                destroy(r);
+                n += 1;
+            }
+            n
+        })
+    };
+    let workers: Vec<_> = (0..2u64)
+        .map(|t| std::thread::spawn(move || model_run(0x1234_5678 + t, 2000)))
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(churn.join().unwrap() >= 50);
+    pool::lock().check();
+}
+
+#[test]
+fn isolated_holes_in_sparse_pages_are_reused_by_size() {
+    let r = new_region();
+    let v: Vec<usize> = (0..2000).map(|_| r.alloc(100).unwrap().as_ptr() as usize).collect();
+    // Free every other block of the first pages: isolated holes, pages become sparse.
+    let freed: std::collections::HashSet<usize> = v[..600].iter().step_by(2).copied().collect();
+    for &p in &freed {
+        r.free(p).unwrap();
+    }
+    let pages_before = r.stats().pages_in_use;
+    // Same-size requests land in the freed places (hints or swept holes), not in fresh pages.
+    let again: Vec<usize> = (0..freed.len()).map(|_| r.alloc(100).unwrap().as_ptr() as usize).collect();
+    // Each lands in a freed place or in the rest of the current page (the open hole comes first).
+    let last_page = v[v.len() - 1] & !PAGE_MASK;
+    let reused = again.iter().filter(|p| freed.contains(p)).count();
+    let in_current = again.iter().filter(|&&p| p & !PAGE_MASK == last_page).count();
+    assert_eq!(reused + in_current, freed.len(), "{reused} reused, {in_current} in the current page");
+    assert!(reused > 0);
+    assert_eq!(r.stats().pages_in_use, pages_before, "no fresh page");
+    r.check();
+    destroy(r);
+}
