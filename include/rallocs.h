@@ -71,6 +71,47 @@ typedef struct region_t region_t;
 typedef struct rm_memory_t rm_memory_t;
 
 /**
+ * Counters of the bimp heap, filled by `bimp_stats_get()`. Sizes are in bytes; "blocks" counts
+ * allocations.
+ */
+typedef struct bimp_stats_t {
+    /**
+     * Bytes from the base of the heap to its top: live blocks, freed blocks still below the top,
+     * their headers and alignment padding. 0 when every block has been freed.
+     */
+    size_t top_bytes;
+    /**
+     * Usable bytes of the live blocks (the sum of their `bimp_malloc_usable_size`).
+     */
+    size_t live_bytes;
+    /**
+     * Number of live blocks.
+     */
+    size_t live_blocks;
+    /**
+     * Usable bytes of freed blocks that still lie below the top (they come back when every block
+     * above them is freed).
+     */
+    size_t free_bytes;
+    /**
+     * Number of freed blocks still below the top.
+     */
+    size_t free_blocks;
+    /**
+     * Bytes of memory committed for the heap (readable and writable; resident once touched).
+     */
+    size_t committed_bytes;
+    /**
+     * Highest value `top_bytes` has reached.
+     */
+    size_t peak_top_bytes;
+    /**
+     * Bytes of address space reserved for the heap (0 before the first allocation).
+     */
+    size_t reserved_bytes;
+} bimp_stats_t;
+
+/**
  * Statistics of the malloc family, filled by `rallocs_stats_get()`.
  *
  * Byte counts are a snapshot (other threads may allocate while it is taken); call counts are totals
@@ -223,6 +264,133 @@ typedef struct rm_stats_t {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Allocates `size` bytes on top of the bimp stack and returns a pointer aligned to
+ * `bimp_alignment()` (16 unless built with `BIMP_ALIGN`). `size` 0 gives a unique pointer that must
+ * be freed. Returns NULL with `errno` ENOMEM when memory or the bimp address space runs out (also
+ * for sizes no system could hold, such as `SIZE_MAX`). Thread-safe unless built with
+ * `BIMP_SINGLE_THREADED`.
+ */
+void *bimp_malloc(size_t size);
+
+/**
+ * Allocates `n * size` zeroed bytes. Returns NULL with `errno` ENOMEM when the product overflows or
+ * memory runs out.
+ */
+void *bimp_calloc(size_t n, size_t size);
+
+/**
+ * Frees a block returned by a `bimp_*` allocation function; NULL is ignored. Freeing the top block
+ * pops it and every already-freed block directly beneath it, so memory freed in any order comes back
+ * once everything above it is free; freeing another block marks it free in O(1).
+ *
+ * A pointer that bimp did not return, or a block already freed, aborts the process with one line on
+ * stderr: `rallocs: bimp_free(): invalid pointer 0x... (reason)`.
+ *
+ * # Safety
+ * `p` is NULL or a pointer returned by a `bimp_*` allocation function and not yet freed. The
+ * violations above are detected; a stale pointer whose memory was popped and handed out again
+ * cannot be told from the new block.
+ */
+void bimp_free(void *p);
+
+/**
+ * Resizes a block to `size` bytes, keeping its contents up to the smaller size. The top block grows
+ * or shrinks in place (no copy); another block shrinks in place or moves (allocate, copy, free).
+ * `p` NULL: same as `bimp_malloc(size)`. `size` 0 (with `p` not NULL): frees `p` and returns NULL.
+ * On failure returns NULL with `errno` ENOMEM and leaves `p` allocated and unchanged. An invalid `p`
+ * aborts as in `bimp_free`.
+ *
+ * # Safety
+ * `p` is NULL or a pointer returned by a `bimp_*` allocation function and not yet freed
+ * (other values are detected and abort, as far as bimp can tell).
+ */
+void *bimp_realloc(void *p, size_t size);
+
+/**
+ * `bimp_realloc(p, n * size)`, but returns NULL with `errno` ENOMEM (leaving `p` unchanged) when
+ * `n * size` overflows.
+ *
+ * # Safety
+ * as for `bimp_realloc`.
+ */
+void *bimp_reallocarray(void *p, size_t n, size_t size);
+
+/**
+ * Like `bimp_realloc`, but when it fails the block is freed (BSD `reallocf`): the caller never has to
+ * free `p` after this call. Returns NULL with `errno` ENOMEM on failure.
+ *
+ * # Safety
+ * as for `bimp_realloc`.
+ */
+void *bimp_reallocf(void *p, size_t size);
+
+/**
+ * Allocates `size` bytes aligned to `alignment`, which must be a power of two (else NULL with
+ * `errno` EINVAL); `size` need not be a multiple of it. The padding below the block comes back with
+ * it. NULL with `errno` ENOMEM when memory runs out.
+ */
+void *bimp_aligned_alloc(size_t alignment, size_t size);
+
+/**
+ * Allocates `size` bytes aligned to `alignment` (glibc `memalign`): an alignment that is not a power
+ * of two is rounded up to the next one; one above `SIZE_MAX / 2 + 1` gives NULL with `errno` EINVAL.
+ * NULL with `errno` ENOMEM when memory runs out.
+ */
+void *bimp_memalign(size_t alignment, size_t size);
+
+/**
+ * Stores in `*memptr` a block of `size` bytes aligned to `alignment` and returns 0. Returns EINVAL
+ * when `alignment` is not a power of two multiple of `sizeof(void *)` (or `memptr` is NULL), ENOMEM
+ * when memory runs out; on failure `*memptr` and `errno` are left unchanged.
+ *
+ * # Safety
+ * `memptr` is NULL or points to writable storage for one pointer.
+ */
+int bimp_posix_memalign(void **memptr, size_t alignment, size_t size);
+
+/**
+ * Allocates `size` bytes aligned to the page size. NULL with `errno` ENOMEM on failure.
+ */
+void *bimp_valloc(size_t size);
+
+/**
+ * Allocates `size` bytes rounded up to a whole number of pages (at least one), aligned to the page
+ * size. NULL with `errno` ENOMEM when the rounding overflows or memory runs out.
+ */
+void *bimp_pvalloc(size_t size);
+
+/**
+ * Returns the number of usable bytes of the live block `p` (at least the size requested: requests are
+ * rounded up to `bimp_alignment()`), or 0 for NULL. An invalid `p` aborts as in `bimp_free`.
+ *
+ * # Safety
+ * as for `bimp_realloc`.
+ */
+size_t bimp_malloc_usable_size(void *p);
+
+/**
+ * Returns the alignment of every block bimp returns: the `BIMP_ALIGN` the library was built with
+ * (16 by default; always a power of two of at least 16).
+ */
+size_t bimp_alignment(void);
+
+/**
+ * Returns true when the `bimp_*` functions may be called from several threads at once; false when
+ * the library was built with `BIMP_SINGLE_THREADED` (no locking at all: one thread only).
+ */
+bool bimp_thread_safe(void);
+
+/**
+ * Fills `*out` with the counters of the bimp heap (NULL: does nothing). Walks every block below the
+ * top, so it costs O(blocks): meant for tests and diagnostics, not for hot paths. Thread-safe (a
+ * consistent snapshot).
+ *
+ * # Safety
+ * `out` is NULL or points to writable storage for one `bimp_stats_t`.
+ */
+void bimp_stats_get(struct bimp_stats_t *out);
 
 /**
  * Allocates `size` bytes and returns a pointer aligned to 16 bytes (`RALLOCS_MIN_ALIGN`), or NULL with

@@ -5,6 +5,7 @@
 //! and the pointer). C-visible types and constants live in [`types`], so that the ABI check (`systest/`)
 //! can compare them with `include/rallocs.h`.
 
+pub mod bimp;
 pub mod malloc;
 pub mod region;
 pub mod rm;

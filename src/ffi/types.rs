@@ -70,6 +70,36 @@ pub struct region_stats_t {
     pub pool_pages_carved: usize,
 }
 
+// ---------------------------------------------------------------------------------------------------
+// bimp_*
+// ---------------------------------------------------------------------------------------------------
+
+/// Counters of the bimp heap, filled by `bimp_stats_get()`. Sizes are in bytes; "blocks" counts
+/// allocations.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct bimp_stats_t {
+    /// Bytes from the base of the heap to its top: live blocks, freed blocks still below the top,
+    /// their headers and alignment padding. 0 when every block has been freed.
+    pub top_bytes: usize,
+    /// Usable bytes of the live blocks (the sum of their `bimp_malloc_usable_size`).
+    pub live_bytes: usize,
+    /// Number of live blocks.
+    pub live_blocks: usize,
+    /// Usable bytes of freed blocks that still lie below the top (they come back when every block
+    /// above them is freed).
+    pub free_bytes: usize,
+    /// Number of freed blocks still below the top.
+    pub free_blocks: usize,
+    /// Bytes of memory committed for the heap (readable and writable; resident once touched).
+    pub committed_bytes: usize,
+    /// Highest value `top_bytes` has reached.
+    pub peak_top_bytes: usize,
+    /// Bytes of address space reserved for the heap (0 before the first allocation).
+    pub reserved_bytes: usize,
+}
+
 // ---- rmalloc: relocatable handles over a compacting heap ----
 
 // The opaque handle type `rm_memory_t` is declared in `ffi/rm.rs`: ctest2 refuses a struct without
