@@ -1,7 +1,8 @@
 //! Thread heaps: each thread allocates from its own heap with no lock and no atomic read-modify-write.
 //!
 //! A heap holds, per size class, a *current* superblock (allocation pops its free list), partial
-//! superblocks in fullness bins (the fullest is taken first), and full superblocks; plus a few empty
+//! superblocks in fullness bins (the fullest is taken first; a superblock's bin is set when it enters
+//! a partial list and not moved by later frees, which only make it emptier), and full superblocks; plus a few empty
 //! superblocks of any class. `u` (`in_use`) is the bytes of blocks handed out from the heap's
 //! superblocks, `a` (`held`) the bytes of superblocks it holds.
 //!
@@ -134,8 +135,10 @@ impl Heap {
         let bin = Self::bin_of(r);
         r.place = Place::Partial;
         r.bin = bin as u8;
-        // Free into the slow path when used falls below the bin's lower bound (bin 0: when it empties).
-        r.rebin_below = ((bin * r.capacity as usize / FULLNESS_BINS) as u32).max(1);
+        // The bin is assigned here, when the superblock leaves the current slot or the full list, and
+        // not updated by later frees (a superblock on a partial list only gets emptier, so its bin
+        // overstates its fullness): frees take the slow path only when it empties.
+        r.rebin_below = 1;
         // SAFETY: sb is detached and ours.
         unsafe { self.partial[r.class as usize][bin].push_front(sb) };
         self.recompute_threshold();
@@ -229,6 +232,23 @@ impl Heap {
                             victim = sb;
                             break 'search;
                         }
+                    }
+                }
+            }
+            if victim.is_null() {
+                // Bins are assigned lazily: a superblock in the fullest bin may have emptied since.
+                'scan: for c in 0..NCLASSES {
+                    let mut sb = self.partial[c][FULLNESS_BINS - 1].head;
+                    while !sb.is_null() {
+                        // SAFETY: nodes of our lists are our superblocks.
+                        let r = unsafe { &*sb };
+                        if (r.used as usize) * EMPTY_FRACTION_INV <= r.capacity as usize * (EMPTY_FRACTION_INV - 1) {
+                            // SAFETY: sb is on this list.
+                            unsafe { self.partial[c][FULLNESS_BINS - 1].remove(sb) };
+                            victim = sb;
+                            break 'scan;
+                        }
+                        sb = r.next;
                     }
                 }
             }
