@@ -30,7 +30,14 @@ pub const SUPERBLOCK_HEADER: usize = 128;
 /// Largest small request: a quarter superblock (16 KiB), within Hoard's limit of half a superblock, so
 /// that even the largest class fits three blocks after the header. Larger blocks are mapped directly.
 pub const MAX_SMALL_SIZE: usize = SUPERBLOCK_SIZE / 4;
-/// Superblocks are carved from segments of this size (4 MiB = 64 superblocks), mapped one at a time.
+/// Medium superblocks: 1 MiB (aligned to S), for the classes above MAX_SMALL_SIZE, so that blocks of
+/// up to a quarter of it are served by the heap (no system call, memory reused warm) instead of being
+/// mapped one by one.
+pub const MEDIUM_SUPERBLOCK_SIZE: usize = 1 << 20;
+/// Largest medium request (256 KiB): a quarter of a medium superblock. Larger blocks are mapped directly.
+pub const MAX_MEDIUM_SIZE: usize = MEDIUM_SUPERBLOCK_SIZE / 4;
+/// Superblocks are carved from segments of this size (4 MiB = 64 small or 4 medium superblocks), mapped
+/// one at a time.
 pub const SEGMENT_SIZE: usize = 4 << 20;
 /// Fullness groups per size class for partially used superblocks (Hoard's fullness bins).
 pub const FULLNESS_BINS: usize = 4;
@@ -39,8 +46,9 @@ pub const FULLNESS_BINS: usize = 4;
 pub const EMPTY_FRACTION_INV: usize = 4;
 /// ... and below a - K * S (Hoard's K), so that a heap keeps at least K superblocks' worth of slack.
 pub const EMPTY_SLACK_SUPERBLOCKS: usize = 4;
-/// Completely empty superblocks a thread heap keeps for reuse before it gives them to the global heap.
-pub const HEAP_EMPTY_KEEP: usize = 2;
+/// Completely empty superblocks a thread heap keeps for reuse before it gives them to the global heap
+/// (small, medium).
+pub const HEAP_EMPTY_KEEP: [usize; 2] = [2, 1];
 /// Full superblocks a heap inspects for remote frees each time it needs a new superblock (bounded so that
 /// a heap with many full superblocks does not scan them all every time; the scan rotates).
 pub const FULL_SCAN_LIMIT: usize = 16;
@@ -67,6 +75,10 @@ pub const MAX_SMALL_ALIGN: usize = 128;
 const _: () = assert!(SUPERBLOCK_SIZE.is_power_of_two() && SUPERBLOCK_SIZE >= 16 * PAGE_SIZE);
 const _: () = assert!(SUPERBLOCK_HEADER % 128 == 0 && SUPERBLOCK_HEADER % MIN_ALIGN == 0);
 const _: () = assert!(SEGMENT_SIZE % SUPERBLOCK_SIZE == 0 && SEGMENT_SIZE / SUPERBLOCK_SIZE == 64);
+const _: () = assert!(MEDIUM_SUPERBLOCK_SIZE % SUPERBLOCK_SIZE == 0 && SEGMENT_SIZE % MEDIUM_SUPERBLOCK_SIZE == 0);
+// The address map encodes a medium superblock's start as 0..15 chunks back (4 bits).
+const _: () = assert!(MEDIUM_SUPERBLOCK_SIZE / SUPERBLOCK_SIZE <= 16);
+const _: () = assert!(MAX_MEDIUM_SIZE <= MEDIUM_SUPERBLOCK_SIZE / 2 && MAX_MEDIUM_SIZE > MAX_SMALL_SIZE);
 const _: () = assert!(MAX_SMALL_SIZE <= SUPERBLOCK_SIZE / 2);
 const _: () = assert!(LARGE_HEADER % MIN_ALIGN == 0 && LARGE_HEADER < PAGE_SIZE);
 const _: () = assert!(LARGE_STEPS_PER_DOUBLING.is_power_of_two() && LARGE_CACHE_BYTES >= 16 * LARGE_CACHE_ENTRIES * PAGE_SIZE);

@@ -1,4 +1,4 @@
-//! Large blocks (above [`MAX_SMALL_SIZE`]): each is a span mapped on its own, S-aligned, with a header
+//! Large blocks (above `MAX_MEDIUM_SIZE`, 256 KiB): each is a span mapped on its own, S-aligned, with a header
 //! at its start; a small cache keeps recently freed spans mapped so that alloc/free cycles of large
 //! blocks do not call mmap every time. Cached spans older than the purge delay are unmapped.
 //!
