@@ -3,7 +3,7 @@
 #   make              librallocs.so.$(VERSION) (+ symlinks), librallocs.a and rallocs.pc in build/,
 #                     and a check that include/rallocs.h matches the sources
 #   make test         everything: Rust unit tests, ABI check, library checks, C tests, install test,
-#                     benchmark smoke run
+#                     real programs under LD_PRELOAD, benchmark smoke run
 #   make bench        the benchmark suite (release library + harness): every family against glibc,
 #                     jemalloc, mimalloc, rpmalloc; report in target/bench-report/ (BENCH_ARGS=... to pass
 #                     options, e.g. BENCH_ARGS="--workload larson --runs 5")
@@ -45,7 +45,7 @@ DESTDIR ?=
 BUILD := build
 SO := librallocs.so.$(VERSION)
 
-.PHONY: all lib header check-header test unit-test abi-test check-lib c-tests install-test install uninstall clean
+.PHONY: all lib header check-header test unit-test abi-test check-lib c-tests preload-test install-test install uninstall clean
 .PHONY: bimp-preload bimp-preload-test bimp-variant-test
 .PHONY: bench bench-build bench-smoke
 
@@ -88,7 +88,7 @@ check-header: lib
 header: lib
 	cp target/include/rallocs.h include/rallocs.h
 
-test: all unit-test abi-test check-lib install-test c-tests bimp-variant-test bimp-preload-test bench-smoke
+test: all unit-test abi-test check-lib install-test c-tests preload-test bimp-variant-test bimp-preload-test bench-smoke
 
 # Unit and model tests. `override` is off so the test harness itself keeps glibc's malloc.
 # (the benchmark harness's own tests run in bench-smoke, with the profile its build already uses)
@@ -131,6 +131,10 @@ bimp-variant-test: lib
 # ls, git, python3 and a C program under LD_PRELOAD=build/librallocs-bimp.so behave as without it.
 bimp-preload-test: bimp-preload
 	CC="$(CC)" scripts/bimp-preload-test.sh $(BUILD)
+
+# python3, git, gcc and sort under LD_PRELOAD=librallocs.so give the same output as without it.
+preload-test: all
+	scripts/preload-test.sh $(BUILD)
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)

@@ -25,10 +25,50 @@
 #define RALLOCS_MIN_ALIGN 16
 
 /**
+ * The result of every rmalloc call that can fail.
+ */
+typedef enum rm_status_t {
+    /**
+     * Success.
+     */
+    RM_OK = 0,
+    /**
+     * A NULL handle or out-parameter.
+     */
+    RM_INVALID_ARGUMENT,
+    /**
+     * No memory within the limit (after compacting and purging), or a size that overflows.
+     */
+    RM_OUT_OF_MEMORY,
+    /**
+     * A handle that rmalloc did not return, or that was freed.
+     */
+    RM_INVALID_HANDLE,
+    /**
+     * `rmfree` of a locked handle, or `rmrealloc` that would have to move a locked block.
+     */
+    RM_LOCKED,
+    /**
+     * `rmunlock` of a handle whose lock count is zero.
+     */
+    RM_NOT_LOCKED,
+    /**
+     * `rmlock` of a purgeable block that was discarded; `rmrealloc` revives the handle.
+     */
+    RM_PURGED,
+} rm_status_t;
+
+/**
  * A region: an arena of pages from which blocks are allocated by bumping a pointer, and freed one by one
  * or all at once. Opaque: create it with `region_create`, destroy it with `region_destroy`.
  */
 typedef struct region_t region_t;
+
+/**
+ * An rmalloc handle: opaque. Its address never changes while the block it names moves during
+ * compaction; reach the bytes with `rmlock` and release them with `rmunlock`.
+ */
+typedef struct rm_memory_t rm_memory_t;
 
 /**
  * Counters of the bimp heap, filled by `bimp_stats_get()`. Sizes are in bytes; "blocks" counts
@@ -174,6 +214,52 @@ typedef struct region_stats_t {
      */
     size_t pool_pages_carved;
 } region_stats_t;
+
+/**
+ * A snapshot of the rmalloc heap, filled by `rm_stats_get`. Sizes are bytes.
+ */
+typedef struct rm_stats_t {
+    /**
+     * Heap memory committed from the OS.
+     */
+    size_t capacity;
+    /**
+     * Bytes in live blocks (block headers and rounding included).
+     */
+    size_t used;
+    /**
+     * `capacity - used`: free blocks plus the committed run at the end of the heap.
+     */
+    size_t free;
+    /**
+     * The largest contiguous free run (a free block or the committed run at the end).
+     */
+    size_t largest_free;
+    /**
+     * `1 - largest_free / free` (0 when nothing is free): 0 means all free space is one run.
+     */
+    double fragmentation;
+    /**
+     * Handles allocated and not freed (purged ones included).
+     */
+    size_t handles;
+    /**
+     * Compaction passes run (by `rmcompact` or by an allocation that did not fit).
+     */
+    uint64_t compactions;
+    /**
+     * Bytes moved by compaction, in total.
+     */
+    uint64_t bytes_moved;
+    /**
+     * The longest time one compaction held the heap, in nanoseconds.
+     */
+    uint64_t longest_pause_ns;
+    /**
+     * Purgeable blocks discarded to make room.
+     */
+    uint64_t purges;
+} rm_stats_t;
 
 #ifdef __cplusplus
 extern "C" {
@@ -554,6 +640,109 @@ int32_t region_on_destroy(struct region_t *r, void (*fn)(void*), void *arg);
  * `r` is NULL or a live region that no other thread uses; `stats` is NULL or writable.
  */
 void region_stats_get(const struct region_t *r, struct region_stats_t *stats);
+
+/**
+ * Allocates a relocatable block of `size` bytes and stores its handle in `*handle`.
+ *
+ * The handle's address never changes; the block behind it may move whenever it is not locked. Reach
+ * the bytes with `rmlock`. `size` may be 0 (a distinct, lockable block of no bytes). The contents are
+ * indeterminate.
+ *
+ * Returns `RM_OK` and writes `*handle`; `RM_INVALID_ARGUMENT` when `handle` is NULL;
+ * `RM_OUT_OF_MEMORY` when `size` overflows, exceeds the limit (`rmsetlimit`), or does not fit even
+ * after compacting the heap and discarding every unlocked purgeable block. `*handle` is written only
+ * on `RM_OK`. Thread-safe.
+ */
+enum rm_status_t rmalloc(struct rm_memory_t **handle, size_t size);
+
+/**
+ * Locks the block of `h` and stores its address in `*ptr`: the block does not move, and `*ptr` stays
+ * valid, until the matching `rmunlock`. Locks nest: each `rmlock` adds one to the handle's lock count
+ * and each `rmunlock` takes one off; the block may move again only when the count is back to 0.
+ * The address is 16-byte aligned.
+ *
+ * Returns `RM_OK`; `RM_INVALID_ARGUMENT` when `h` or `ptr` is NULL; `RM_INVALID_HANDLE` when `h` was
+ * not returned by `rmalloc` or was freed; `RM_PURGED` when the block was purgeable and has been
+ * discarded (revive it with `rmrealloc`). `*ptr` is written only on `RM_OK`. Thread-safe and
+ * lock-free (no mutex) unless the heap is moving this very block at that moment.
+ */
+enum rm_status_t rmlock(struct rm_memory_t *h, void **ptr);
+
+/**
+ * Takes one off the lock count of `h`. The pointer `rmlock` returned must not be used after the count
+ * reaches 0.
+ *
+ * Returns `RM_OK`; `RM_INVALID_ARGUMENT` when `h` is NULL; `RM_INVALID_HANDLE` for a handle not
+ * returned by `rmalloc` or freed; `RM_NOT_LOCKED` when the count is already 0. Thread-safe, lock-free.
+ */
+enum rm_status_t rmunlock(struct rm_memory_t *h);
+
+/**
+ * Frees the handle `h` and its block (or nothing more, if the block was purged).
+ *
+ * Returns `RM_OK`; `RM_INVALID_ARGUMENT` when `h` is NULL; `RM_INVALID_HANDLE` for a handle not
+ * returned by `rmalloc` or already freed (a freed handle is detected: its slot is marked and reused
+ * only much later, under a new generation tag, so a stale handle is refused rather than reaching
+ * another block); `RM_LOCKED` when the lock count is above 0, in which case nothing is freed.
+ * Thread-safe.
+ */
+enum rm_status_t rmfree(struct rm_memory_t *h);
+
+/**
+ * Resizes the block of `h` to `size` bytes, keeping its contents up to the smaller of the two sizes.
+ * A locked block is resized only in place (shrinking always works; growing works when the space after
+ * it is free); if it would have to move, `RM_LOCKED` is returned and nothing changes. A purged block is
+ * revived with `size` bytes of indeterminate contents.
+ *
+ * Returns `RM_OK`; `RM_INVALID_ARGUMENT` when `h` is NULL; `RM_INVALID_HANDLE` for a handle not
+ * returned by `rmalloc` or freed; `RM_LOCKED` as above; `RM_OUT_OF_MEMORY` when `size` overflows or
+ * does not fit (the block is then unchanged). Thread-safe.
+ */
+enum rm_status_t rmrealloc(struct rm_memory_t *h, size_t size);
+
+/**
+ * The size of the block of `h` as last requested (`rmalloc` or `rmrealloc`); 0 when `h` is NULL, not
+ * a handle, freed, or purged. Thread-safe.
+ */
+size_t rmsize(const struct rm_memory_t *h);
+
+/**
+ * Marks the block of `h` purgeable (`true`: when an allocation does not fit even after compaction,
+ * the block may be discarded while it is unlocked; `rmlock` then returns `RM_PURGED`) or not.
+ *
+ * Returns `RM_OK`; `RM_INVALID_ARGUMENT` when `h` is NULL; `RM_INVALID_HANDLE` for a handle not
+ * returned by `rmalloc` or freed. Thread-safe.
+ */
+enum rm_status_t rmsetpurgeable(struct rm_memory_t *h, bool purgeable);
+
+/**
+ * Compacts the heap: unlocked blocks slide toward its start (their handles follow), locked blocks stay
+ * put and the free space around them becomes free blocks. With `budget_us` > 0 it stops after about
+ * that many microseconds (the overshoot is bounded by moving 16 small blocks or 64 KiB plus one
+ * block) and the next call continues where it stopped; 0 compacts the whole heap. When a pass reaches
+ * the end of the heap, the pages past the last block go back to the OS; with nothing locked, all free
+ * space is then one run at the end.
+ *
+ * Always returns `RM_OK`. Thread-safe: other threads wait for the heap meanwhile, except `rmlock` and
+ * `rmunlock` of blocks that are not being moved.
+ */
+enum rm_status_t rmcompact(uint64_t budget_us);
+
+/**
+ * Sets the heap budget: the heap (blocks, free blocks and headers; the handle table is not counted)
+ * never extends beyond `bytes`. 0 removes the limit (the default). When the heap is already larger,
+ * it is compacted first.
+ *
+ * Returns `RM_OK`; `RM_OUT_OF_MEMORY` when the heap does not fit in `bytes` even after compacting (the
+ * limit is then unchanged). Thread-safe.
+ */
+enum rm_status_t rmsetlimit(size_t bytes);
+
+/**
+ * Fills `*out` with a snapshot of the heap's statistics (see `rm_stats_t`). Does nothing when `out`
+ * is NULL. Thread-safe.
+ */
+void rm_stats_get(struct rm_stats_t *out);
 
 /**
  * Returns the version of the rallocs library that is running, as a string "MAJOR.MINOR.PATCH".

@@ -22,6 +22,7 @@ pub mod hoard;
 pub mod options;
 pub mod os;
 pub mod region;
+pub mod rm;
 pub mod size_class;
 pub mod sync;
 pub mod trace;

@@ -8,5 +8,6 @@
 pub mod bimp;
 pub mod malloc;
 pub mod region;
+pub mod rm;
 pub mod types;
 pub mod version;

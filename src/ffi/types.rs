@@ -99,3 +99,58 @@ pub struct bimp_stats_t {
     /// Bytes of address space reserved for the heap (0 before the first allocation).
     pub reserved_bytes: usize,
 }
+
+// ---- rmalloc: relocatable handles over a compacting heap ----
+
+// The opaque handle type `rm_memory_t` is declared in `ffi/rm.rs`: ctest2 refuses a struct without
+// `#[repr(C)]`, and a `#[repr(C)]` one would make cbindgen print a (zero-sized) definition.
+
+/// The result of every rmalloc call that can fail.
+// ctest2 skips enums (c-tests/rm.c checks the values and size with _Static_assert), so the ABI check
+// compiles this item without using it.
+#[allow(non_camel_case_types, dead_code)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum rm_status_t {
+    /// Success.
+    RM_OK = 0,
+    /// A NULL handle or out-parameter.
+    RM_INVALID_ARGUMENT,
+    /// No memory within the limit (after compacting and purging), or a size that overflows.
+    RM_OUT_OF_MEMORY,
+    /// A handle that rmalloc did not return, or that was freed.
+    RM_INVALID_HANDLE,
+    /// `rmfree` of a locked handle, or `rmrealloc` that would have to move a locked block.
+    RM_LOCKED,
+    /// `rmunlock` of a handle whose lock count is zero.
+    RM_NOT_LOCKED,
+    /// `rmlock` of a purgeable block that was discarded; `rmrealloc` revives the handle.
+    RM_PURGED,
+}
+
+/// A snapshot of the rmalloc heap, filled by `rm_stats_get`. Sizes are bytes.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct rm_stats_t {
+    /// Heap memory committed from the OS.
+    pub capacity: usize,
+    /// Bytes in live blocks (block headers and rounding included).
+    pub used: usize,
+    /// `capacity - used`: free blocks plus the committed run at the end of the heap.
+    pub free: usize,
+    /// The largest contiguous free run (a free block or the committed run at the end).
+    pub largest_free: usize,
+    /// `1 - largest_free / free` (0 when nothing is free): 0 means all free space is one run.
+    pub fragmentation: core::ffi::c_double,
+    /// Handles allocated and not freed (purged ones included).
+    pub handles: usize,
+    /// Compaction passes run (by `rmcompact` or by an allocation that did not fit).
+    pub compactions: u64,
+    /// Bytes moved by compaction, in total.
+    pub bytes_moved: u64,
+    /// The longest time one compaction held the heap, in nanoseconds.
+    pub longest_pause_ns: u64,
+    /// Purgeable blocks discarded to make room.
+    pub purges: u64,
+}

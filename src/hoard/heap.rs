@@ -25,7 +25,7 @@ use super::thread;
 use crate::config::{
     EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP, SUPERBLOCK_SIZE,
 };
-use crate::size_class::NCLASSES;
+use crate::size_class::{kind_of, KINDS, NCLASSES};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -80,7 +80,8 @@ pub struct Heap {
     pub held: AtomicUsize,
     partial: [[List; FULLNESS_BINS]; NCLASSES],
     full: [List; NCLASSES],
-    empty: List,
+    /// Empty superblocks of each kind (small, medium), any class.
+    empty: [List; KINDS],
     /// Statistics.
     pub stats: HeapStats,
     /// Next heap on the global list of all heaps (global lock).
@@ -160,7 +161,7 @@ impl Heap {
         r.place = Place::Empty;
         r.rebin_below = 0;
         // SAFETY: sb is detached and ours.
-        unsafe { self.empty.push_front(sb) };
+        unsafe { self.empty[kind_of(r.class as usize)].push_front(sb) };
         self.recompute_threshold();
     }
 
@@ -173,7 +174,7 @@ impl Heap {
             match r.place {
                 Place::Partial => self.partial[c][r.bin as usize].remove(sb),
                 Place::Full => self.full[c].remove(sb),
-                Place::Empty => self.empty.remove(sb),
+                Place::Empty => self.empty[kind_of(c)].remove(sb),
                 Place::Current => self.cur[c] = superblock::none(),
                 _ => {}
             }
@@ -189,7 +190,7 @@ impl Heap {
         // Relaxed: the global lock (Release on unlock) orders the header writes before our use; other
         // threads only compare `owner` with their own heap, which they never see here unless it is theirs.
         r.owner.store(me, Ordering::Relaxed);
-        add_usize(&self.held, SUPERBLOCK_SIZE);
+        add_usize(&self.held, r.size());
         add_usize(&self.in_use, r.used as usize * r.block_size as usize);
         self.collect(r);
         self.recompute_threshold();
@@ -210,7 +211,7 @@ impl Heap {
     fn release(&mut self, sb: *mut Superblock) {
         // SAFETY: sb is ours and detached.
         let r = unsafe { &mut *sb };
-        sub_usize(&self.held, SUPERBLOCK_SIZE);
+        sub_usize(&self.held, r.size());
         sub_usize(&self.in_use, r.used as usize * r.block_size as usize);
         self.recompute_threshold();
         // SAFETY: sb was ours, is detached, and is off our accounts.
@@ -221,7 +222,10 @@ impl Heap {
     /// is at least f empty (an empty one first, then the emptiest partial ones) to the global heap.
     fn enforce_emptiness(&mut self) {
         while self.in_use.load(Ordering::Relaxed) < self.release_below {
-            let mut victim = self.empty.pop_back();
+            let mut victim = self.empty[0].pop_back();
+            if victim.is_null() {
+                victim = self.empty[1].pop_back();
+            }
             if victim.is_null() {
                 // Partial bins below 1 - f full, emptiest first.
                 let max_bin = FULLNESS_BINS - FULLNESS_BINS / EMPTY_FRACTION_INV;
@@ -299,7 +303,7 @@ impl Heap {
         }
         // 3. One of our empty superblocks, re-formatted for this class.
         let me: *mut Heap = self;
-        let sb = self.empty.pop_front();
+        let sb = self.empty[kind_of(c)].pop_front();
         if !sb.is_null() {
             // SAFETY: an empty superblock we own: no live blocks, no remote frees pending (it was
             // empty when it got here and only we allocate from it).
@@ -333,7 +337,7 @@ impl Heap {
             assert_eq!(r.place, place, "place");
             r.check();
             u += r.used as usize * r.block_size as usize;
-            held += SUPERBLOCK_SIZE;
+            held += r.size();
         };
         for c in 0..NCLASSES {
             if self.cur[c] != superblock::none() {
@@ -351,10 +355,13 @@ impl Heap {
             }
             self.full[c].check(|r| visit(r, Place::Full));
         }
-        self.empty.check(|r| {
-            assert_eq!(r.used, 0, "empty superblock has live blocks");
-            visit(r, Place::Empty)
-        });
+        for (k, list) in self.empty.iter().enumerate() {
+            list.check(|r| {
+                assert_eq!(r.used, 0, "empty superblock has live blocks");
+                assert_eq!(kind_of(r.class as usize), k, "empty superblock on the list of its kind");
+                visit(r, Place::Empty)
+            });
+        }
         assert_eq!(u, self.in_use.load(Ordering::Relaxed), "u equals the sum of used blocks");
         assert_eq!(held, self.held.load(Ordering::Relaxed), "a equals the superblocks held");
     }
@@ -513,8 +520,9 @@ unsafe fn free_slow(h: *mut Heap, sb: *mut Superblock) {
         heap.detach(sb);
         if r.used == 0 {
             heap.put_empty(sb);
-            if heap.empty.len > HEAP_EMPTY_KEEP {
-                let old = heap.empty.pop_back();
+            let k = kind_of(r.class as usize);
+            if heap.empty[k].len > HEAP_EMPTY_KEEP[k] {
+                let old = heap.empty[k].pop_back();
                 // SAFETY: old was just taken off our empty list.
                 unsafe { (*old).place = Place::Detached };
                 heap.release(old);
@@ -559,12 +567,14 @@ pub unsafe fn abandon(h: *mut Heap) {
             heap.release_collected(sb);
         }
     }
-    loop {
-        let sb = heap.empty.pop_front();
-        if sb.is_null() {
-            break;
+    for k in 0..KINDS {
+        loop {
+            let sb = heap.empty[k].pop_front();
+            if sb.is_null() {
+                break;
+            }
+            heap.release_collected(sb);
         }
-        heap.release_collected(sb);
     }
     // SAFETY: every superblock went to the global heap above; the thread no longer uses h.
     unsafe { global::recycle_heap(h) };
@@ -589,12 +599,14 @@ pub fn thread_key() -> libc::pthread_key_t {
 impl Heap {
     /// Gives every empty superblock of this heap to the global heap (for trim).
     pub fn give_back_empty(&mut self) {
-        loop {
-            let sb = self.empty.pop_front();
-            if sb.is_null() {
-                break;
+        for k in 0..KINDS {
+            loop {
+                let sb = self.empty[k].pop_front();
+                if sb.is_null() {
+                    break;
+                }
+                self.release_collected(sb);
             }
-            self.release_collected(sb);
         }
     }
 }

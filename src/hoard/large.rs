@@ -1,4 +1,4 @@
-//! Large blocks (above [`MAX_SMALL_SIZE`]): each is a span mapped on its own, S-aligned, with a header
+//! Large blocks (above `MAX_MEDIUM_SIZE`, 256 KiB): each is a span mapped on its own, S-aligned, with a header
 //! at its start; a small cache keeps recently freed spans mapped so that alloc/free cycles of large
 //! blocks do not call mmap every time. Cached spans older than the purge delay are unmapped.
 //!
@@ -216,7 +216,9 @@ pub fn free(span: usize) {
     LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
     LIVE_BYTES.fetch_sub(len - offset, Ordering::Relaxed);
     FREES.fetch_add(1, Ordering::Relaxed);
-    if map_base == span && offset < SUPERBLOCK_SIZE && put_cached(span, len) {
+    // With a purge delay of 0 nothing is kept: the span goes back at once.
+    let keep = crate::options::PURGE_DELAY_MS.get() != 0;
+    if keep && map_base == span && offset < SUPERBLOCK_SIZE && put_cached(span, len) {
         return;
     }
     // SAFETY: the block is dead and the mapping is ours.

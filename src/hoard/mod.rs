@@ -24,7 +24,7 @@ pub mod list;
 pub mod superblock;
 pub mod thread;
 
-use crate::config::{MAX_SMALL_ALIGN, MAX_SMALL_SIZE, MIN_ALIGN, SUPERBLOCK_SIZE};
+use crate::config::{MAX_MEDIUM_SIZE, MAX_SMALL_ALIGN, MIN_ALIGN, SUPERBLOCK_SIZE};
 use crate::ffi::types::rallocs_stats_t;
 use crate::size_class::{class_of, class_of_aligned, class_size};
 use core::ptr;
@@ -37,7 +37,7 @@ use superblock::Superblock;
 /// happens only on the slow path: while tracing, threads have no heap in the fast slot.
 #[inline(always)]
 pub fn malloc(size: usize, record: bool) -> *mut u8 {
-    if size <= MAX_SMALL_SIZE {
+    if size <= MAX_MEDIUM_SIZE {
         let h = thread::current();
         if !h.is_null() {
             // SAFETY: h is the calling thread's heap.
@@ -50,7 +50,7 @@ pub fn malloc(size: usize, record: bool) -> *mut u8 {
 /// The allocation path for large sizes, for threads without a heap yet, and while tracing.
 #[inline(never)]
 fn malloc_slow(size: usize, record: bool) -> *mut u8 {
-    let p = if size > MAX_SMALL_SIZE {
+    let p = if size > MAX_MEDIUM_SIZE {
         global::ensure_init();
         large::alloc(size, MIN_ALIGN, false)
     } else {
@@ -104,8 +104,19 @@ fn owner_of(p: *mut u8, func: &str) -> Owner {
     owner_of_large(p, func)
 }
 
+/// Medium superblocks and large spans.
 #[inline(never)]
 fn owner_of_large(p: *mut u8, func: &str) -> Owner {
+    let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
+    let kind = addrmap::kind(chunk);
+    if kind & 0xf0 == addrmap::MEDIUM {
+        let sb = (chunk - (kind & 0x0f) as usize * SUPERBLOCK_SIZE) as *mut Superblock;
+        // SAFETY: the address map says a medium superblock of ours starts at `sb`.
+        if unsafe { (*sb).is_block_start(p) } {
+            return Owner::Small(sb);
+        }
+        crate::diag::invalid_pointer(func, p, "not the start of a block");
+    }
     match large::span_of(p) {
         Some(span) => Owner::Large(span),
         None => crate::diag::invalid_pointer(func, p, "not allocated by rallocs"),
@@ -156,7 +167,7 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
         Some(t) => t,
         None => return ptr::null_mut(),
     };
-    if total > MAX_SMALL_SIZE {
+    if total > MAX_MEDIUM_SIZE {
         global::ensure_init();
         return large::alloc(total, MIN_ALIGN, true);
     }
@@ -197,7 +208,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     // O(n) bytes and maps O(log n) times in all (the headroom is address space: pages not written stay
     // unallocated).
     let mut new_size = size;
-    if size > old && size > MAX_SMALL_SIZE {
+    if size > old && size > MAX_MEDIUM_SIZE {
         if let Owner::Large(span) = owner {
             if large::resize_in_place(span, size) {
                 return p;

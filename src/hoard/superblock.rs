@@ -15,7 +15,7 @@
 
 use super::heap::Heap;
 use crate::config::{CARVE_BATCH_BYTES, SUPERBLOCK_HEADER, SUPERBLOCK_SIZE};
-use crate::size_class::class_size;
+use crate::size_class::{class_size, superblock_size};
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -136,7 +136,13 @@ pub fn none() -> *mut Superblock {
 const _: () = assert!(core::mem::size_of::<Superblock>() <= SUPERBLOCK_HEADER);
 
 impl Superblock {
-    /// The superblock that contains `p` (masking).
+    /// Bytes of this superblock (64 KiB small, 1 MiB medium).
+    #[inline]
+    pub fn size(&self) -> usize {
+        superblock_size(self.class as usize)
+    }
+
+    /// The small superblock that contains `p` (masking).
     #[inline(always)]
     pub fn of(p: *const u8) -> *mut Superblock {
         ((p as usize) & !(SUPERBLOCK_SIZE - 1)) as *mut Superblock
@@ -154,7 +160,7 @@ impl Superblock {
     /// `sb` is an S-aligned superblock of ours, committed, that no list and no other thread uses.
     pub unsafe fn init(sb: *mut Superblock, class: usize, owner: *mut Heap, purged: bool) {
         let size = class_size(class);
-        let capacity = ((SUPERBLOCK_SIZE - SUPERBLOCK_HEADER) / size) as u32;
+        let capacity = ((superblock_size(class) - SUPERBLOCK_HEADER) / size) as u32;
         // SAFETY: the caller guarantees sb is ours and unshared; writing the whole header initialises it.
         unsafe {
             ptr::write(

@@ -164,7 +164,7 @@ fn abandoned_heaps_are_adopted() {
 
 #[test]
 fn large_blocks_round_trip_and_cache() {
-    for &size in &[MAX_SMALL_SIZE + 1, 100_000, 1 << 20, 5 << 20] {
+    for &size in &[crate::config::MAX_SMALL_SIZE + 1, 100_000, MAX_MEDIUM_SIZE + 1, 1 << 20, 5 << 20] {
         for _ in 0..4 {
             let p = malloc(size, false);
             assert!(!p.is_null());
@@ -289,3 +289,27 @@ fn frees_do_not_stay_on_the_slow_path_when_nothing_can_be_released() {
 }
 
 const NCLASSES_FOR_TEST: usize = crate::size_class::NCLASSES;
+
+#[test]
+fn medium_blocks_come_from_medium_superblocks_and_validate() {
+    let sizes = [crate::config::MAX_SMALL_SIZE + 1, 40_000, 100_000, MAX_MEDIUM_SIZE];
+    let mut v = Vec::new();
+    for &s in &sizes {
+        for _ in 0..10 {
+            let p = malloc(s, false);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % 16, 0);
+            let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
+            assert_eq!(addrmap::kind(chunk) & 0xf0, addrmap::MEDIUM, "size {s} served by a medium superblock");
+            assert!(tusable(p, "test") >= s);
+            pattern(p, s, 9);
+            v.push((p, s));
+        }
+    }
+    check();
+    for (p, s) in v {
+        verify(p, s, 9);
+        tfree(p, "test", false);
+    }
+    check();
+}
