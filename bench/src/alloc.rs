@@ -296,6 +296,7 @@ pub const ALLOCATORS: &[(&str, Kind)] = &[
     ("rallocs", Kind::Rallocs),
     ("region", Kind::RallocsLocal),
     ("bimp", Kind::Stack),
+    ("rmalloc", Kind::Handles),
     // RALLOCS-LIST
 ];
 

@@ -246,7 +246,12 @@ fn child(args: &[String]) {
 macro_rules! with_handles {
     ($name:expr, $r:ident => $body:expr) => {{
         // RALLOCS-RMALLOC-DISPATCH
-        with_alloc!($name, al => { al.thread_start(); let $r = &$crate::rm::Wrap(al); $body }, panic!("unknown allocator {}", $name))
+        if $name == "rmalloc" {
+            let $r = &$crate::rm::Rmalloc;
+            $body
+        } else {
+            with_alloc!($name, al => { al.thread_start(); let $r = &$crate::rm::Wrap(al); $body }, panic!("unknown allocator {}", $name))
+        }
     }};
 }
 

@@ -75,6 +75,103 @@ impl<A: Alloc> Handles for Wrap<A> {
     }
 }
 
+extern "C" {
+    fn rmalloc(handle: *mut *mut std::ffi::c_void, size: usize) -> i32;
+    fn rmlock(h: *mut std::ffi::c_void, ptr: *mut *mut std::ffi::c_void) -> i32;
+    fn rmunlock(h: *mut std::ffi::c_void) -> i32;
+    fn rmfree(h: *mut std::ffi::c_void) -> i32;
+    fn rmrealloc(h: *mut std::ffi::c_void, size: usize) -> i32;
+    fn rmcompact(budget_us: u64) -> i32;
+    fn rmsetlimit(bytes: usize) -> i32;
+    fn rm_stats_get(out: *mut RmStats);
+}
+
+/// `rm_stats_t` (rallocs.h).
+#[repr(C)]
+#[derive(Default)]
+struct RmStats {
+    capacity: usize,
+    used: usize,
+    free: usize,
+    largest_free: usize,
+    fragmentation: f64,
+    handles: usize,
+    compactions: u64,
+    bytes_moved: u64,
+    longest_pause_ns: u64,
+    purges: u64,
+}
+
+/// `RM_OK`.
+const RM_OK: i32 = 0;
+
+/// rmalloc itself.
+pub struct Rmalloc;
+
+#[cold]
+fn rm_failed(what: &str, status: i32) -> ! {
+    eprintln!("{what} failed with status {status}");
+    std::process::exit(3)
+}
+
+impl Handles for Rmalloc {
+    type H = *mut std::ffi::c_void;
+    const REAL: bool = true;
+    #[inline(always)]
+    unsafe fn alloc(&self, size: usize) -> Result<Self::H, Oom> {
+        let mut h = std::ptr::null_mut();
+        match rmalloc(&mut h, size) {
+            RM_OK => Ok(h),
+            _ => Err(Oom),
+        }
+    }
+    #[inline(always)]
+    unsafe fn lock(&self, h: Self::H) -> *mut u8 {
+        let mut p = std::ptr::null_mut();
+        let st = rmlock(h, &mut p);
+        if st != RM_OK {
+            rm_failed("rmlock", st);
+        }
+        p.cast()
+    }
+    #[inline(always)]
+    unsafe fn unlock(&self, h: Self::H) {
+        let st = rmunlock(h);
+        if st != RM_OK {
+            rm_failed("rmunlock", st);
+        }
+    }
+    #[inline(always)]
+    unsafe fn free(&self, h: Self::H) {
+        let st = rmfree(h);
+        if st != RM_OK {
+            rm_failed("rmfree", st);
+        }
+    }
+    #[inline(always)]
+    unsafe fn realloc(&self, h: &mut Self::H, size: usize) -> Result<(), Oom> {
+        match rmrealloc(*h, size) {
+            RM_OK => Ok(()),
+            _ => Err(Oom),
+        }
+    }
+    fn set_limit(&self, bytes: usize) {
+        // SAFETY: no preconditions; a limit below the current use is refused with a status we ignore
+        // (the budget search starts from an empty heap).
+        unsafe { rmsetlimit(bytes) };
+    }
+    fn compact(&self) {
+        // SAFETY: no preconditions.
+        unsafe { rmcompact(0) };
+    }
+    fn stats(&self) -> [f64; 3] {
+        let mut st = RmStats::default();
+        // SAFETY: a valid out-parameter of the C layout.
+        unsafe { rm_stats_get(&mut st) };
+        [st.compactions as f64, st.bytes_moved as f64, st.longest_pause_ns as f64]
+    }
+}
+
 // RALLOCS-RMALLOC (the real rmalloc's Handles impl is added here when its family lands)
 
 /// The handle workloads and their parameters.
