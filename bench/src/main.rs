@@ -27,7 +27,7 @@ options:
   --alloc A,B        allocators (default: all)
   --workload W,V     workloads, by name or name prefix (e.g. pairs, larson-t8, trace)
   --threads 1,2,8    only threaded workloads with these thread counts (single-thread ones always run)
-  --runs N           runs per (allocator, workload); the median is reported (default 5)
+  --runs N           runs per (allocator, workload); the median is reported (default 7)
   --smoke            tiny sizes, 1 run: checks that everything runs (make test)
   --traces DIR       directory of traces to replay (default: bench/traces)
   --out DIR          report directory (default: target/bench-report)
@@ -59,7 +59,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         allocs: None,
         workloads: None,
         threads: None,
-        runs: 5,
+        runs: 7,
         smoke: false,
         traces: repo_root().join("bench/traces"),
         out: repo_root().join("target/bench-report"),

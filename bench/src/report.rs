@@ -190,6 +190,36 @@ impl Results<'_> {
         out
     }
 
+    /// One row per workload, one column per allocator: glibc's median (time in ms, or memory in MiB)
+    /// and every other allocator's ratio to it (below 1: faster, or less memory).
+    pub fn pivot(&self, memory: bool) -> String {
+        let mut out = String::new();
+        let unit = if memory { "MiB" } else { "ms" };
+        let _ = write!(out, "| workload | glibc {unit} |");
+        for a in self.allocs.iter().filter(|a| a.as_str() != "glibc") {
+            let _ = write!(out, " {a} |");
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "|---|---:|{}", "---:|".repeat(self.allocs.len().saturating_sub(1)));
+        for (wi, w) in self.workloads.iter().enumerate() {
+            let rows = self.rows(wi);
+            let val = |s: &Summary| if memory { memory_mib(s) } else { s.ms.0 };
+            let Some(g) = rows.iter().find(|r| r.alloc == "glibc").and_then(|r| r.s.as_ref()).map(val) else { continue };
+            let _ = write!(out, "| {} | {:.1} |", w.name, g);
+            for a in self.allocs.iter().filter(|a| a.as_str() != "glibc") {
+                let cell = match rows.iter().find(|r| &r.alloc == a) {
+                    Some(Row { s: Some(s), .. }) if !memory || g >= 1.0 => format!("{:.2}x", val(s) / g),
+                    Some(Row { s: Some(s), .. }) => format!("{:.1} MiB", val(s)),
+                    Some(Row { err: Some(_), .. }) => "failed".into(),
+                    _ => "".into(),
+                };
+                let _ = write!(out, " {cell} |");
+            }
+            let _ = writeln!(out);
+        }
+        out
+    }
+
     /// Where each rallocs allocator wins and loses: geometric means of its time ratios, and its best
     /// and worst workloads against the best peer.
     pub fn summary(&self) -> String {
@@ -341,11 +371,15 @@ impl Results<'_> {
         std::fs::write(dir.join("memory.svg"), self.svg("Memory per workload (peak RSS above start; rmalloc: smallest budget)", |s| memory_mib(s).max(0.01)))?;
         let mut md = String::new();
         md.push_str(header);
-        md.push_str("\n## Results\n");
-        md.push_str(&self.table());
         md.push_str("\n## Summary\n\n");
         md.push_str(&self.summary());
-        md.push_str("\n![time](time.svg)\n\n![memory](memory.svg)\n\n## Workloads\n\n| workload | threads | parameters |\n|---|---|---|\n");
+        md.push_str("\n### Time (glibc's median in ms; the others as a ratio to it, below 1 is faster)\n\n");
+        md.push_str(&self.pivot(false));
+        md.push_str("\n### Memory (glibc's in MiB; the others as a ratio to it; rmalloc: its smallest budget)\n\n");
+        md.push_str(&self.pivot(true));
+        md.push_str("\n![time](time.svg)\n\n![memory](memory.svg)\n\n## Full results\n");
+        md.push_str(&self.table());
+        md.push_str("\n## Workloads\n\n| workload | threads | parameters |\n|---|---|---|\n");
         for w in self.workloads {
             let _ = writeln!(md, "| {} | {} | {} |", w.name, w.threads, w.desc);
         }
