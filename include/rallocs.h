@@ -123,8 +123,9 @@ typedef struct rallocs_stats_t {
      */
     size_t live_bytes;
     /**
-     * Bytes of memory committed: superblocks whose pages were not given back, large blocks (and the
-     * cache of recently freed ones), and heap metadata.
+     * Bytes of memory that may be resident: the pages of superblocks that allocation has reached and
+     * that were not given back to the OS since, large blocks (and the cache of recently freed ones),
+     * and heap metadata.
      */
     size_t committed_bytes;
     /**

@@ -844,7 +844,7 @@ unsafe impl Sync for GlobalHeap {}
 static HEAP: GlobalHeap = GlobalHeap(UnsafeCell::new(Heap::new_global()));
 
 #[cfg(not(feature = "bimp-single-threaded"))]
-static LOCK: crate::sync::Mutex<()> = crate::sync::Mutex::new(());
+static LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
 
 #[cfg(not(feature = "bimp-single-threaded"))]
 extern "C" {
@@ -976,10 +976,10 @@ mod fork {
     //! The lock is held across `fork()` so that the child inherits a consistent heap and an unlocked
     //! lock even when another thread was inside bimp.
     use super::LOCK;
-    use crate::sync::MutexGuard;
+    use crate::sync::SpinGuard;
     use core::cell::UnsafeCell;
 
-    struct Held(UnsafeCell<Option<MutexGuard<'static, ()>>>);
+    struct Held(UnsafeCell<Option<SpinGuard<'static, ()>>>);
     // SAFETY: only the forking thread touches it, between its prepare and parent/child handlers.
     unsafe impl Sync for Held {}
     static HELD: Held = Held(UnsafeCell::new(None));

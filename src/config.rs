@@ -61,7 +61,7 @@ pub const DEFAULT_PURGE_DELAY_MS: u64 = 250;
 pub const LARGE_CACHE_ENTRIES: usize = 64;
 /// ... and at most this many bytes in all (address space: the pages a span's block never wrote are
 /// not resident, and cached spans are unmapped after the purge delay).
-pub const LARGE_CACHE_BYTES: usize = 256 << 20;
+pub const LARGE_CACHE_BYTES: usize = 32 << 20;
 /// Large span lengths are rounded up to one of this many sizes per doubling (at most 1.25x apart for
 /// 4), so that a freed span fits the next request of a similar size. The rounding costs address space
 /// only: pages past what a program writes are never touched.

@@ -1,4 +1,5 @@
-//! Synchronisation that never allocates: a futex mutex and a one-time initialiser.
+//! Synchronisation that never allocates: a futex mutex, a spin-then-yield lock, and a one-time
+//! initialiser.
 //!
 //! Both are plain atomics plus the `futex(2)` system call, so they can be used from inside `malloc`,
 //! before `main`, and from any thread. Neither is re-entrant: an initialiser that calls back into the
@@ -223,6 +224,98 @@ impl<T> Mutex<T> {
     }
 }
 
+/// A spin-then-yield lock for very short critical sections: one compare-exchange to take it and a plain
+/// release store to give it back (no read-modify-write on unlock, unlike [`Mutex`], whose unlock must
+/// learn whether to wake a sleeper). A waiter spins briefly, then yields the CPU, so a holder that was
+/// preempted gets to run. Never allocates.
+pub struct SpinLock<T> {
+    locked: AtomicU32,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: as for Mutex: one thread at a time gets access to `value`.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+// SAFETY: the lock owns its T.
+unsafe impl<T: Send> Send for SpinLock<T> {}
+
+/// Access to the value of a locked [`SpinLock`]; unlocks when dropped.
+pub struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+}
+
+impl<T> SpinLock<T> {
+    /// A new, unlocked lock.
+    pub const fn new(value: T) -> Self {
+        SpinLock { locked: AtomicU32::new(0), value: UnsafeCell::new(value) }
+    }
+
+    /// Takes the lock, waiting as long as needed.
+    #[inline]
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        // Acquire pairs with the Release store in `unlock`.
+        if self.locked.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            self.lock_contended();
+        }
+        SpinGuard { lock: self }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
+        let mut spins = 0u32;
+        loop {
+            // Relaxed peek; the Acquire compare-exchange does the pairing.
+            if self.locked.load(Ordering::Relaxed) == 0
+                && self.locked.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                return;
+            }
+            if spins < 64 {
+                spins += 1;
+                core::hint::spin_loop();
+            } else {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
+    }
+
+    fn unlock(&self) {
+        // Release pairs with the Acquire of the next `lock`.
+        self.locked.store(0, Ordering::Release);
+    }
+
+    /// Puts the lock back to unlocked.
+    ///
+    /// # Safety
+    /// Only for a child process right after `fork()`, or for the thread that holds the lock through a
+    /// forgotten guard; the caller restores whatever invariant the protected value needs.
+    pub unsafe fn force_unlock_after_fork(&self) {
+        self.unlock();
+    }
+}
+
+impl<T> Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard exists only while this thread holds the lock.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard exists only while this thread holds the lock, so the access is unique.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.unlock();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +345,28 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(*m.lock(), threads * per);
+    }
+
+    #[test]
+    fn spinlock_excludes_under_contention() {
+        let m = Arc::new(SpinLock::new(0u64));
+        let hs: Vec<_> = (0..8)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let mut g = m.lock();
+                        let v = *g;
+                        std::hint::black_box(&v);
+                        *g = v + 1;
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(*m.lock(), 8 * 20_000);
     }
 
     #[test]

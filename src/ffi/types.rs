@@ -17,8 +17,9 @@ pub const RALLOCS_MIN_ALIGN: usize = 16;
 pub struct rallocs_stats_t {
     /// Bytes in live blocks, counted by their usable size (what `malloc_usable_size` reports).
     pub live_bytes: usize,
-    /// Bytes of memory committed: superblocks whose pages were not given back, large blocks (and the
-    /// cache of recently freed ones), and heap metadata.
+    /// Bytes of memory that may be resident: the pages of superblocks that allocation has reached and
+    /// that were not given back to the OS since, large blocks (and the cache of recently freed ones),
+    /// and heap metadata.
     pub committed_bytes: usize,
     /// Bytes of address space reserved (mapped) by the malloc family.
     pub reserved_bytes: usize,

@@ -305,7 +305,8 @@ fn new_superblock(g: &mut Global, kind: usize) -> *mut Superblock {
         }
     }
     g.seg_cur[kind] += size;
-    commit_add(size);
+    // Only the header page counts as committed until carving reaches more pages.
+    commit_add(PAGE_SIZE);
     // Relaxed: statistics.
     STATS.total_superblocks.fetch_add(1, Ordering::Relaxed);
     sb as *mut Superblock
@@ -330,9 +331,12 @@ fn purge(g: &mut Global, all: bool) -> usize {
             // SAFETY: the superblock is empty and owned by the global heap: its data pages are dead.
             if unsafe { os::reset(NonNull::new_unchecked(data as *mut u8), data_len) }.is_ok() {
                 // SAFETY: as above.
-                unsafe { (*sb).purged = true };
-                commit_sub(data_len);
-                released += data_len;
+                let r = unsafe { &mut *sb };
+                r.purged = true;
+                let freed = r.touched as usize - PAGE_SIZE;
+                r.touched = PAGE_SIZE as u32;
+                commit_sub(freed);
+                released += freed;
             }
             // SAFETY: sb is detached.
             unsafe { g.purged[kind].push_front(sb) };
@@ -356,30 +360,28 @@ pub fn take(c: usize, owner: *mut Heap) -> *mut Superblock {
         return sb;
     }
     let kind = kind_of(c);
-    let mut purged = false;
     let mut sb = g.empty[kind].pop_front();
     if sb.is_null() && g.purged[kind].is_empty() && sweep(&mut g) != 0 {
         sb = g.empty[kind].pop_front();
     }
     if sb.is_null() {
         sb = g.purged[kind].pop_front();
-        purged = !sb.is_null();
     }
-    if !sb.is_null() {
+    let touched = if !sb.is_null() {
         // Relaxed: statistics.
         STATS.global_superblocks.fetch_sub(1, Ordering::Relaxed);
-        if purged {
-            commit_add(SUPERBLOCK_BYTES[kind] - PAGE_SIZE);
-        }
+        // SAFETY: an empty superblock of ours, off every list.
+        unsafe { (*sb).touched }
     } else {
         sb = new_superblock(&mut g, kind);
         if sb.is_null() {
             return sb;
         }
-    }
-    // SAFETY: an empty superblock nobody else can reach (off every list). Its pages are committed
-    // again (a purged one was counted back above).
-    unsafe { Superblock::init(sb, c, GLOBAL_OWNER, false) };
+        PAGE_SIZE as u32
+    };
+    // SAFETY: an empty superblock nobody else can reach (off every list); its resident pages stay
+    // counted through `touched`.
+    unsafe { Superblock::init(sb, c, GLOBAL_OWNER, touched) };
     let _ = owner;
     sb
 }

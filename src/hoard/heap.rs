@@ -307,7 +307,7 @@ impl Heap {
         if !sb.is_null() {
             // SAFETY: an empty superblock we own: no live blocks, no remote frees pending (it was
             // empty when it got here and only we allocate from it).
-            unsafe { Superblock::init(sb, c, me, (*sb).purged) };
+            unsafe { Superblock::init(sb, c, me, (*sb).touched) };
             return sb;
         }
         // 4. The global heap: a partial superblock of this class, an empty one, or a new one. A

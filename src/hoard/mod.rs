@@ -124,7 +124,8 @@ fn owner_of_large(p: *mut u8, func: &str) -> Owner {
 }
 
 /// Frees `p` (NULL: nothing). `func` names the entry point in the abort message for a bad pointer;
-/// `record` as for [`malloc`].
+/// `record` as for [`malloc`]. The fast path handles blocks of small superblocks; medium and large
+/// blocks and bad pointers go to [`free_slow`].
 ///
 /// # Safety
 /// `p` is NULL or a block this allocator returned that is still live. A pointer the allocator never
@@ -134,6 +135,28 @@ pub unsafe fn free(p: *mut u8, func: &str, record: bool) {
     if p.is_null() {
         return;
     }
+    let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
+    if addrmap::kind(chunk) == addrmap::SUPERBLOCK {
+        let sb = chunk as *mut Superblock;
+        // SAFETY: the address map says a small superblock header of ours is at `chunk`; the block
+        // check makes `p` one of its blocks (the caller guarantees it is live).
+        unsafe {
+            if (*sb).is_block_start(p) {
+                heap::free(sb, p, record);
+                return;
+            }
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { free_slow(p, func, record) }
+}
+
+/// Frees a medium or large block, or aborts for a pointer that is not a block of ours.
+///
+/// # Safety
+/// As for [`free`].
+#[inline(never)]
+unsafe fn free_slow(p: *mut u8, func: &str, record: bool) {
     match owner_of(p, func) {
         // SAFETY: owner_of checked that p is a block start of a superblock of ours.
         Owner::Small(sb) => unsafe { heap::free(sb, p, record) },

@@ -14,7 +14,7 @@
 //!   `free`, `used`, `bump` and the list links; any thread may push onto `thread_free`.
 
 use super::heap::Heap;
-use crate::config::{CARVE_BATCH_BYTES, SUPERBLOCK_HEADER, SUPERBLOCK_SIZE};
+use crate::config::{CARVE_BATCH_BYTES, PAGE_SIZE, SUPERBLOCK_HEADER, SUPERBLOCK_SIZE};
 use crate::size_class::{class_size, superblock_size};
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
@@ -84,7 +84,10 @@ pub struct Superblock {
     /// heap never matches it). Read by any thread, written by the owner (giving it up) or by the global
     /// heap's lock holder (handing it out).
     pub owner: AtomicPtr<Heap>,
-    _pad: u64,
+    /// Bytes from the superblock's start whose pages may be resident (the header page, and every page
+    /// a carve reached since the last purge): what it counts in the committed bytes.
+    pub touched: u32,
+    _pad: u32,
     /// Blocks freed by other threads, pushed with one compare-exchange each (second cache line).
     pub thread_free: AtomicPtr<Block>,
     /// List links (owner or global lock).
@@ -121,6 +124,7 @@ pub static NO_SUPERBLOCK: NoSuperblock = NoSuperblock(Superblock {
     purged: false,
     div_magic: 0,
     owner: AtomicPtr::new(GLOBAL_OWNER),
+    touched: 0,
     _pad: 0,
     thread_free: AtomicPtr::new(ptr::null_mut()),
     next: ptr::null_mut(),
@@ -154,11 +158,12 @@ impl Superblock {
         (self as *const Self as *mut u8).wrapping_add(SUPERBLOCK_HEADER)
     }
 
-    /// Writes a fresh header for `class` at `sb` (data area untouched), owned by `owner`.
+    /// Writes a fresh header for `class` at `sb` (data area untouched), owned by `owner`; `touched` carries
+    /// over the bytes whose pages may already be resident (see the field).
     ///
     /// # Safety
     /// `sb` is an S-aligned superblock of ours, committed, that no list and no other thread uses.
-    pub unsafe fn init(sb: *mut Superblock, class: usize, owner: *mut Heap, purged: bool) {
+    pub unsafe fn init(sb: *mut Superblock, class: usize, owner: *mut Heap, touched: u32) {
         let size = class_size(class);
         let capacity = ((superblock_size(class) - SUPERBLOCK_HEADER) / size) as u32;
         // SAFETY: the caller guarantees sb is ours and unshared; writing the whole header initialises it.
@@ -176,9 +181,10 @@ impl Superblock {
                     class: class as u8,
                     place: Place::Detached,
                     bin: 0,
-                    purged,
+                    purged: false,
                     div_magic: (u64::MAX / size as u64) + 1,
                     owner: AtomicPtr::new(owner),
+                    touched,
                     _pad: 0,
                     thread_free: AtomicPtr::new(ptr::null_mut()),
                     next: ptr::null_mut(),
@@ -221,6 +227,12 @@ impl Superblock {
         self.free = first.cast();
         self.bump += n;
         self.carved_bytes = self.bump * self.block_size;
+        // Pages reached for the first time since the last purge now count as committed.
+        let end = (SUPERBLOCK_HEADER as u32 + self.carved_bytes).next_multiple_of(PAGE_SIZE as u32);
+        if end > self.touched {
+            super::global::commit_add((end - self.touched) as usize);
+            self.touched = end;
+        }
         true
     }
 
@@ -273,6 +285,8 @@ impl Superblock {
         assert_eq!(self.block_size as usize, class_size(self.class as usize));
         assert!(self.bump <= self.capacity);
         assert_eq!(self.carved_bytes, self.bump * self.block_size);
+        assert!(self.touched as usize >= PAGE_SIZE, "the header page counts as committed");
+        assert!(self.touched as usize >= SUPERBLOCK_HEADER + self.carved_bytes as usize, "carved pages count as committed");
         let mut n = 0u32;
         let mut b = self.free;
         while !b.is_null() {
