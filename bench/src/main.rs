@@ -371,10 +371,13 @@ fn suite(opts: &Opts, all: Vec<Workload>) {
     println!("{table}");
     println!("{}", results.summary());
     let header = format!(
-        "# rallocs benchmark report\n\n- date: {}\n- machine: {}\n- command: `rallocs-bench {}`\n- runs per cell: {} (median shown, min-max in parentheses); every run in its own process\n- peers: glibc (dlsym on libc.so.6), jemalloc 5.3 (tikv-jemalloc-sys, `_rjem_` prefix), mimalloc {} (libmimalloc-sys), rpmalloc 1.4 (rpmalloc-sys 0.2.3)\n- peak RSS: the kernel's peak resident set (VmHWM, reset when the workload starts, before its set-up) minus the resident set at that point: the workload's live objects, the allocator's overheads and the harness's own arrays (the same for every allocator); rmalloc's memory figure is instead the smallest budget in which it completes; faults: minor page faults in the timed section\n- time x glibc / x best peer: median time divided by glibc's / by the fastest of glibc, jemalloc, mimalloc, rpmalloc (below 1 is faster)\n",
+        "# rallocs benchmark report\n\n- date: {}\n- machine: {}\n- command: `{}\n- runs per cell: {} (median shown, min-max in parentheses); every run in its own process\n- peers: glibc (dlsym on libc.so.6), jemalloc 5.3 (tikv-jemalloc-sys, `_rjem_` prefix), mimalloc {} (libmimalloc-sys), rpmalloc 1.4 (rpmalloc-sys 0.2.3)\n- peak RSS: the kernel's peak resident set (VmHWM, reset when the workload starts, before its set-up) minus the resident set at that point: the workload's live objects, the allocator's overheads and the harness's own arrays (the same for every allocator); rmalloc's memory figure is instead the smallest budget in which it completes; faults: minor page faults in the timed section\n- time x glibc / x best peer: median time divided by glibc's / by the fastest of glibc, jemalloc, mimalloc, rpmalloc (below 1 is faster)\n",
         now_utc(),
         machine(),
-        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        {
+            let a = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+            if a.is_empty() { "rallocs-bench` (the default suite, as `make bench` runs it)".to_string() } else { format!("rallocs-bench {a}`") }
+        },
         opts.runs,
         mimalloc_version()
     );
