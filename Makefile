@@ -84,7 +84,7 @@ check-header: lib
 header: lib
 	cp target/include/rallocs.h include/rallocs.h
 
-test: all unit-test abi-test check-lib install-test c-tests preload-test bimp-variant-test bimp-preload-test
+test: all unit-test abi-test check-lib install-test preload-test bimp-variant-test bimp-preload-test c-tests
 
 # Unit and model tests. `override` is off so the test harness itself keeps glibc's malloc.
 unit-test:
