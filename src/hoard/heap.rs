@@ -23,7 +23,8 @@ use super::list::List;
 use super::superblock::{self, Block, Place, Superblock};
 use super::thread;
 use crate::config::{
-    EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP, SUPERBLOCK_SIZE,
+    EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_REFILL_FRACTION_INV, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP,
+    SUPERBLOCK_SIZE,
 };
 use crate::size_class::{kind_of, KINDS, NCLASSES};
 use core::ptr;
@@ -149,8 +150,10 @@ impl Heap {
         // SAFETY: the caller passes a superblock this heap owns.
         let r = unsafe { &mut *sb };
         r.place = Place::Full;
-        // The first local free moves it back to a partial bin.
-        r.rebin_below = r.capacity;
+        // It moves back to a partial bin once an eighth of it is free (at least one block), so that when
+        // it becomes current again it serves a run of allocations: under random frees, moving it back at
+        // the first free would make superblocks cycle current -> full -> partial every few allocations.
+        r.rebin_below = r.capacity - (r.capacity / FULL_REFILL_FRACTION_INV).max(1) + 1;
         // SAFETY: sb is detached and ours.
         unsafe { self.full[r.class as usize].push_back(sb) };
     }
