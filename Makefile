@@ -60,10 +60,10 @@ lib:
 	  sed -n 's/.*native-static-libs: //p' $(BUILD)/cargo.log | tail -n 1 > $(BUILD)/native-static-libs; \
 	elif [ ! -s $(BUILD)/native-static-libs ]; then \
 	  $(CARGO) clean --release -p rallocs; $(MAKE) --no-print-directory lib; fi
-	@cp -f target/release/librallocs.so $(BUILD)/$(SO)
+	@install -m 755 target/release/librallocs.so $(BUILD)/$(SO)
 	@ln -sf $(SO) $(BUILD)/librallocs.so.$(MAJOR)
 	@ln -sf librallocs.so.$(MAJOR) $(BUILD)/librallocs.so
-	@cp -f target/release/librallocs.a $(BUILD)/librallocs.a
+	@install -m 644 target/release/librallocs.a $(BUILD)/librallocs.a
 
 # The bimp preload library: the same crate with the malloc family served by bimp (feature bimp-preload,
 # exclusive with override), in its own target directory. It honours BIMP_ALIGN but is always thread-safe:
@@ -72,7 +72,7 @@ bimp-preload:
 	@mkdir -p $(BUILD)
 	CARGO_TARGET_DIR=$(CURDIR)/target/bimp-preload $(CARGO) rustc --release --lib -p rallocs \
 	  --no-default-features --features bimp-preload
-	@cp -f target/bimp-preload/release/librallocs.so $(BUILD)/librallocs-bimp.so
+	@install -m 755 target/bimp-preload/release/librallocs.so $(BUILD)/librallocs-bimp.so
 
 $(BUILD)/rallocs.pc: pkgconfig/rallocs.pc.in lib
 	@sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
@@ -88,7 +88,7 @@ check-header: lib
 header: lib
 	cp target/include/rallocs.h include/rallocs.h
 
-test: all unit-test abi-test check-lib install-test c-tests preload-test bimp-variant-test bimp-preload-test bench-smoke
+test: all unit-test abi-test check-lib install-test preload-test bimp-variant-test bimp-preload-test c-tests bench-smoke
 
 # Unit and model tests. `override` is off so the test harness itself keeps glibc's malloc.
 # (the benchmark harness's own tests run in bench-smoke, with the profile its build already uses)

@@ -19,7 +19,7 @@
  *     calls made, committed/reserved/peak ordering, large blocks, rallocs_trim releases memory and counts;
  *   - mallinfo2, malloc_stats, rallocs_stats_print produce output;
  *   - free/realloc of a pointer rallocs never returned (stack, interior of a small and of a large block,
- *     mmap, glibc's own malloc) aborts with SIGABRT and exactly one line
+ *     mmap, glibc's own malloc, a block freed twice in a row) aborts with SIGABRT and exactly one line
  *     `rallocs: <function>(): invalid pointer 0x<ptr> (<why>)` on stderr (the test re-executes itself).
  *
  * Options (the program re-executed with them): RALLOCS_PURGE_DELAY_MS=0 gives freed memory back at once,
@@ -836,6 +836,13 @@ static int child_main(const char *kind, const char *fn, const char *which) {
         char *m = mmap(NULL, 2 * (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED) return 3;
         ptr = m + page;
+    } else if (strcmp(kind, "double") == 0) {
+        /* The same small block freed twice in a row. */
+        ptr = A->malloc(64);
+        A->free(ptr);
+    } else if (strcmp(kind, "double-large") == 0) {
+        ptr = A->malloc(4 * MiB);
+        A->free(ptr);
     } else if (strcmp(kind, "foreign") == 0) {
         void *libc = dlopen("libc.so.6", RTLD_NOLOAD | RTLD_LAZY);
         void *sym = libc ? dlsym(libc, "malloc") : NULL;
@@ -977,6 +984,11 @@ static void test_invalid_frees(void) {
     for (int w = 0; w < 2; w++)
         for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
             for (size_t f = 0; f < 2; f++) expect_abort(kinds[k], fns[f], w);
+    /* A block freed twice in a row is detected by free (not by realloc of a freed block). */
+    for (int w = 0; w < 2; w++) {
+        expect_abort("double", "free", w);
+        expect_abort("double-large", "free", w);
+    }
 }
 
 int main(int argc, char **argv) {

@@ -846,31 +846,10 @@ static HEAP: GlobalHeap = GlobalHeap(UnsafeCell::new(Heap::new_global()));
 #[cfg(not(feature = "bimp-single-threaded"))]
 static LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
 
-#[cfg(not(feature = "bimp-single-threaded"))]
-extern "C" {
-    /// glibc (2.32+): non-zero while the process has only ever had one thread (glibc 2.36 never sets
-    /// it back after threads exit); cleared by `pthread_create` before the second thread exists.
-    static __libc_single_threaded: core::ffi::c_char;
-}
-
 /// True when the process-wide heap may be used without the lock.
 #[inline(always)]
 fn unlocked_ok() -> bool {
-    #[cfg(feature = "bimp-single-threaded")]
-    {
-        true
-    }
-    #[cfg(not(feature = "bimp-single-threaded"))]
-    {
-        // SAFETY: glibc defines the byte for the life of the process; we read it as an atomic byte.
-        // Relaxed: when it reads 1 no other thread exists (so there is nothing to order with); once a
-        // second thread exists it reads 0 in every thread and LOCK orders all heap accesses.
-        let flag = unsafe {
-            (*(core::ptr::addr_of!(__libc_single_threaded) as *const core::sync::atomic::AtomicU8))
-                .load(core::sync::atomic::Ordering::Relaxed)
-        };
-        flag != 0
-    }
+    cfg!(feature = "bimp-single-threaded") || crate::sync::single_threaded()
 }
 
 /// The process-wide heap.

@@ -49,6 +49,9 @@ pub const EMPTY_SLACK_SUPERBLOCKS: usize = 4;
 /// Completely empty superblocks a thread heap keeps for reuse before it gives them to the global heap
 /// (small, medium).
 pub const HEAP_EMPTY_KEEP: [usize; 2] = [2, 1];
+/// A full superblock returns to a partial bin once 1/FULL_REFILL_FRACTION_INV of its blocks (at least
+/// one) were freed by its owner.
+pub const FULL_REFILL_FRACTION_INV: u32 = 8;
 /// Full superblocks a heap inspects for remote frees each time it needs a new superblock (bounded so that
 /// a heap with many full superblocks does not scan them all every time; the scan rotates).
 pub const FULL_SCAN_LIMIT: usize = 16;

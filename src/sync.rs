@@ -50,6 +50,27 @@ unsafe impl<T: Send> Send for Mutex<T> {}
 /// Access to the value of a locked [`Mutex`]; unlocks when dropped.
 pub struct MutexGuard<'a, T> {
     lock: &'a Mutex<T>,
+    /// False when the process had a single thread and the lock was not taken (see [`single_threaded`]).
+    locked: bool,
+}
+
+extern "C" {
+    /// glibc (2.32 and later): non-zero while the process has only ever had one thread; cleared by
+    /// `pthread_create` before a second thread exists, and never set again by glibc 2.36.
+    static __libc_single_threaded: core::ffi::c_char;
+}
+
+/// True while the process has a single thread, so that no lock is needed: no other thread can exist
+/// until this one creates it, which it cannot do from inside our critical sections.
+#[inline(always)]
+pub fn single_threaded() -> bool {
+    // SAFETY: glibc defines the byte for the life of the process; we read it as an atomic byte.
+    // Relaxed: when it reads 1 no other thread exists, so there is nothing to order with; once a
+    // second thread exists it reads 0 in every thread and the locks order everything.
+    let flag = unsafe {
+        (*(core::ptr::addr_of!(__libc_single_threaded) as *const core::sync::atomic::AtomicU8)).load(Ordering::Relaxed)
+    };
+    flag != 0
 }
 
 impl<T> Mutex<T> {
@@ -58,14 +79,18 @@ impl<T> Mutex<T> {
         Mutex { state: AtomicU32::new(UNLOCKED), value: UnsafeCell::new(value) }
     }
 
-    /// Takes the lock, waiting as long as needed.
+    /// Takes the lock, waiting as long as needed. While the process has a single thread, nothing is
+    /// taken (no atomic operation at all): see [`single_threaded`].
     #[inline]
     pub fn lock(&self) -> MutexGuard<'_, T> {
+        if single_threaded() {
+            return MutexGuard { lock: self, locked: false };
+        }
         // Acquire pairs with the Release store in `unlock`: what the previous holder wrote is visible.
         if self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_err() {
             self.lock_contended();
         }
-        MutexGuard { lock: self }
+        MutexGuard { lock: self, locked: true }
     }
 
     /// Takes the lock if it is free right now.
@@ -75,7 +100,7 @@ impl<T> Mutex<T> {
         self.state
             .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| MutexGuard { lock: self })
+            .map(|_| MutexGuard { lock: self, locked: true })
     }
 
     #[cold]
@@ -136,7 +161,9 @@ impl<T> DerefMut for MutexGuard<'_, T> {
 
 impl<T> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
-        self.lock.unlock();
+        if self.locked {
+            self.lock.unlock();
+        }
     }
 }
 

@@ -23,7 +23,8 @@ use super::list::List;
 use super::superblock::{self, Block, Place, Superblock};
 use super::thread;
 use crate::config::{
-    EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP, SUPERBLOCK_SIZE,
+    EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_REFILL_FRACTION_INV, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP,
+    SUPERBLOCK_SIZE,
 };
 use crate::size_class::{kind_of, KINDS, NCLASSES};
 use core::ptr;
@@ -149,8 +150,10 @@ impl Heap {
         // SAFETY: the caller passes a superblock this heap owns.
         let r = unsafe { &mut *sb };
         r.place = Place::Full;
-        // The first local free moves it back to a partial bin.
-        r.rebin_below = r.capacity;
+        // It moves back to a partial bin once an eighth of it is free (at least one block), so that when
+        // it becomes current again it serves a run of allocations: under random frees, moving it back at
+        // the first free would make superblocks cycle current -> full -> partial every few allocations.
+        r.rebin_below = r.capacity - (r.capacity / FULL_REFILL_FRACTION_INV).max(1) + 1;
         // SAFETY: sb is detached and ours.
         unsafe { self.full[r.class as usize].push_back(sb) };
     }
@@ -440,7 +443,7 @@ pub unsafe fn alloc_slow(h: *mut Heap, c: usize) -> *mut u8 {
 /// # Safety
 /// `p` is a live block of `sb` (checked by the caller), and is given up.
 #[inline(always)]
-pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool) {
+pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool, func: &str) {
     let h = thread::current();
     let b = p.cast::<Block>();
     // SAFETY: sb is a superblock of ours (address map) and p a live block of it (caller).
@@ -449,10 +452,10 @@ pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool) {
         // The owner is never null (GLOBAL_OWNER in the global heap), so a thread without a heap (h
         // null, or tracing) never takes the local path here.
         if (*sb).owner.load(Ordering::Relaxed) == h {
-            free_local(h, sb, b);
+            free_local(h, sb, b, func);
             return;
         }
-        free_other(sb, b, record);
+        free_other(sb, b, record, func);
     }
 }
 
@@ -462,10 +465,15 @@ pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool) {
 /// # Safety
 /// `h` is the calling thread's heap and owns `sb`; `b` is a live block of `sb`, given up.
 #[inline(always)]
-unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block) {
+unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block, func: &str) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        (*b).next = (*sb).free;
+        let head = (*sb).free;
+        // A block freed twice in a row is still the head of its list: caught for one comparison.
+        if head == b {
+            double_free(func, b);
+        }
+        (*b).next = head;
         (*sb).free = b;
         (*sb).used -= 1;
         sub_usize(&(*h).in_use, (*sb).block_size as usize);
@@ -482,7 +490,7 @@ unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block) {
 /// # Safety
 /// As for [`free`].
 #[inline(never)]
-unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool) {
+unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool, func: &str) {
     if record {
         crate::trace::record(crate::trace::Op::Free, ptr::null_mut(), b.cast(), 0, 0);
     }
@@ -491,12 +499,14 @@ unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool) {
     unsafe {
         // Relaxed: as in `free`.
         if !h.is_null() && (*sb).owner.load(Ordering::Relaxed) == h {
-            free_local(h, sb, b);
+            free_local(h, sb, b, func);
             return;
         }
         let h = thread::any();
         let size = (*sb).block_size as u64;
-        (*sb).push_remote(b);
+        if !(*sb).push_remote(b) {
+            double_free(func, b);
+        }
         if h.is_null() {
             global::count_remote_free(size);
         } else {
@@ -504,6 +514,12 @@ unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool) {
             (*h).stats.remote_freed_bytes.add(size);
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn double_free(func: &str, b: *mut Block) -> ! {
+    crate::diag::invalid_pointer(func, b.cast(), "double free: the block is already free")
 }
 
 /// The local free slow path: moves the superblock between fullness groups (full -> partial, bin

@@ -142,7 +142,7 @@ pub unsafe fn free(p: *mut u8, func: &str, record: bool) {
         // check makes `p` one of its blocks (the caller guarantees it is live).
         unsafe {
             if (*sb).is_block_start(p) {
-                heap::free(sb, p, record);
+                heap::free(sb, p, record, func);
                 return;
             }
         }
@@ -159,7 +159,7 @@ pub unsafe fn free(p: *mut u8, func: &str, record: bool) {
 unsafe fn free_slow(p: *mut u8, func: &str, record: bool) {
     match owner_of(p, func) {
         // SAFETY: owner_of checked that p is a block start of a superblock of ours.
-        Owner::Small(sb) => unsafe { heap::free(sb, p, record) },
+        Owner::Small(sb) => unsafe { heap::free(sb, p, record, func) },
         Owner::Large(span) => {
             if record {
                 crate::trace::record(crate::trace::Op::Free, ptr::null_mut(), p, 0, 0);

@@ -260,20 +260,24 @@ impl Superblock {
     }
 
     /// Pushes a block freed by a thread that does not own the superblock: one compare-exchange loop on
-    /// this superblock's `thread_free`, nothing else.
+    /// this superblock's `thread_free`, nothing else. Returns false, pushing nothing, when `b` is already
+    /// the head of that list (a second free of the same block).
     ///
     /// # Safety
     /// `b` is a live block of this superblock that the caller gives up.
     #[inline]
-    pub unsafe fn push_remote(&self, b: *mut Block) {
+    pub unsafe fn push_remote(&self, b: *mut Block) -> bool {
         // Relaxed: the compare-exchange below validates the value.
         let mut head = self.thread_free.load(Ordering::Relaxed);
         loop {
+            if head == b {
+                return false;
+            }
             // SAFETY: the caller gave the block up; we own its first word until it is published.
             unsafe { (*b).next = head };
             // Release pairs with the Acquire swap in `collect_remote`.
             match self.thread_free.compare_exchange_weak(head, b, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(h) => head = h,
             }
         }
