@@ -24,9 +24,10 @@ const _: () = assert!(DIAG_LINE_MAX >= 64);
 pub const SUPERBLOCK_SHIFT: u32 = 16;
 /// S = 64 KiB.
 pub const SUPERBLOCK_SIZE: usize = 1 << SUPERBLOCK_SHIFT;
-/// Bytes at the start of a superblock taken by its header (two cache lines: the owner's fields, then the
-/// remote-free list on a line of its own). Blocks start right after it.
-pub const SUPERBLOCK_HEADER: usize = 128;
+/// Bytes at the start of a superblock taken by its header (the owner's fields, the list links, then the
+/// remote-free list on a cache line of its own; rounded to 256 so that blocks of classes that are
+/// multiples of 128 start at multiples of 128). Blocks start right after it.
+pub const SUPERBLOCK_HEADER: usize = 256;
 /// Largest small request: a quarter superblock (16 KiB), within Hoard's limit of half a superblock, so
 /// that even the largest class fits three blocks after the header. Larger blocks are mapped directly.
 pub const MAX_SMALL_SIZE: usize = SUPERBLOCK_SIZE / 4;
