@@ -24,14 +24,21 @@ pub struct region_t {
 /// As for [`region_mut`], and `r` is readable memory when it has a region's offset in a page.
 #[inline(always)]
 unsafe fn region_hot<'a>(func: &str, r: *mut region_t) -> Option<&'a mut Region> {
+    // SAFETY: the caller's contract; NULL fails the cheap check (it is not at a region's offset).
+    match unsafe { Region::from_ptr_fast(r.cast()) } {
+        Some(reg) => Some(reg),
+        None => not_a_region(func, r),
+    }
+}
+
+/// NULL (`None`) or an abort for a pointer that is not a live region.
+#[cold]
+#[inline(never)]
+fn not_a_region<'a>(func: &str, r: *mut region_t) -> Option<&'a mut Region> {
     if r.is_null() {
         return None;
     }
-    // SAFETY: the caller's contract.
-    match unsafe { Region::from_ptr_fast(r.cast()) } {
-        Some(reg) => Some(reg),
-        None => invalid_pointer(func, r.cast(), "not a live region"),
-    }
+    invalid_pointer(func, r.cast(), "not a live region")
 }
 
 /// The region behind `r`, `None` for NULL; aborts for a pointer that is not a live region.
