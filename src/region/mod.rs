@@ -116,7 +116,9 @@ pub struct Stats {
 /// A region. Lives inside its home page; used by one thread at a time.
 #[repr(C)]
 pub struct Region {
-    // --- fast path ---
+    // --- fast path (the first cache line holds everything a FIFO or LIFO pair touches) ---
+    /// `REGION_MAGIC` while the region lives (the C entry points check it).
+    magic: usize,
     /// Payload address of the next block carved from the current page.
     bump: usize,
     /// End of the current page: a chunk of `c` bytes fits iff `bump + c <= limit`.
@@ -131,16 +133,12 @@ pub struct Region {
     mru: usize,
     /// The reservation's base.
     base: usize,
-    /// Header address just after the most recently freed chunk: a chunk starting there is freed in
-    /// allocation order (dead, see [`page`]).
-    seq_end: usize,
     live_bytes: usize,
     live_objects: usize,
     peak_bytes: usize,
     /// Per class: the first freed chunk, as a granule index from `base` (0: empty list).
     free: [u32; NCLASSES],
     // --- slow path ---
-    magic: usize,
     home: *mut PageHeader,
     /// Every page in use (small and run heads), linked through `all_prev/all_next`.
     all: *mut PageHeader,
@@ -180,7 +178,6 @@ impl Region {
                 last: 0,
                 mru: h as usize,
                 base,
-                seq_end: 0,
                 live_bytes: 0,
                 live_objects: 0,
                 peak_bytes: 0,
@@ -280,7 +277,6 @@ impl Region {
         self.live_bytes = 0;
         self.live_objects = 0;
         self.mru = self.home as usize;
-        self.seq_end = 0;
         self.open_page(self.home);
     }
 
@@ -687,10 +683,7 @@ impl Region {
         // SAFETY: mru is always a small page of ours (reset to home when its page leaves).
         let o = unsafe { &mut *(self.mru as *mut PageHeader) };
         self.mru = page;
-        // A chunk freed first in a page counts as freed in allocation order (FIFO moving to the next page).
-        // SAFETY: page is a small page of ours.
-        self.seq_end = unsafe { (*(page as *const PageHeader)).first_payload() } - 8;
-        if o.dead_hi != 0 && o.live != 0 {
+        if o.dead_lo != usize::MAX && o.live != 0 {
             self.salvage(o);
         }
     }
@@ -759,12 +752,12 @@ impl Region {
             self.bump = p;
             return Ok(());
         }
-        if p - 8 == self.seq_end {
+        if p == h.dead_hi {
             // Freed in allocation order: dead, so that the page empties whole (FIFO).
             // SAFETY: the block is live in our page.
             unsafe { write_header(p, k, MAGIC_DEAD, h.gen) };
             h.dead_lo = h.dead_lo.min(p);
-            h.dead_hi = h.dead_hi.max(next);
+            h.dead_hi = next;
         } else {
             // SAFETY: as above; then the chunk is freed and on no list; chunks above the exact classes
             // have a class's exact size.
@@ -774,7 +767,6 @@ impl Region {
             }
             h.listed = 1;
         }
-        self.seq_end = next - 8;
         if h.live == 0 {
             self.page_empty(h);
         }
@@ -808,7 +800,6 @@ impl Region {
             q += k * REGION_GRANULE;
         }
         h.dead_lo = usize::MAX;
-        h.dead_hi = 0;
         h.listed = 1;
     }
 
@@ -820,8 +811,7 @@ impl Region {
             // Carve it again from the start.
             self.unlink_page(h, self.bump);
             self.bump = h.first_payload();
-            h.dead_lo = usize::MAX;
-            h.dead_hi = 0;
+            h.reset_dead();
         } else if !ptr::eq(h, self.home) {
             self.unlink_page(h, h.top);
             self.page_emptied(h);
@@ -1164,7 +1154,9 @@ impl Region {
         let records_here = internal.iter().filter(|&&q| q & !PAGE_MASK == hp.addr()).count();
         assert_eq!(internals, records_here, "every cleanup record of this page found");
         assert_eq!(live, hp.live as usize, "live blocks");
-        assert!(dead > 0 || hp.dead_hi == 0, "a page without dead chunks has no dead range");
+        assert!(dead > 0 || hp.dead_lo == usize::MAX, "a page without dead chunks has no dead range");
+        // (The frontier may lie beyond the carving end after LIFO frees moved the bump pointer back.)
+        assert!(hp.dead_hi >= hp.first_payload() && hp.dead_hi <= hp.addr() + REGION_PAGE, "dead frontier inside the page");
         (bytes, objects, freed)
     }
 }

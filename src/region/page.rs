@@ -13,9 +13,10 @@
 //! on its region's free list of its class, linked through its first payload bytes by 32-bit granule
 //! indexes from the reservation's base (`next`, `prev`), so that a chunk of 16 bytes holds both links.
 //!
-//! A chunk freed right after its left neighbour (frees in allocation order, FIFO) becomes *dead*
-//! instead: on no list, so that its page empties and is recycled whole rather than refilled piecemeal;
-//! the region lists a page's dead chunks if the page stops emptying.
+//! A chunk freed at its page's *dead frontier* (the first chunk, or right after the last dead chunk:
+//! frees in allocation order, FIFO) becomes *dead* instead: on no list, so that its page empties and is
+//! recycled whole rather than refilled piecemeal; the region lists a page's dead chunks if frees move on
+//! to another page before it empties.
 //!
 //! Invariants of a small page (checked by `Region::check`): chunks tile `[first, top)`; `live` counts
 //! the live and internal chunks, `[dead_lo, dead_hi)` covers the dead ones; every freed chunk is on
@@ -73,7 +74,9 @@ pub struct PageHeader {
     pub gen: u32,
     /// Payload of the lowest dead chunk (`usize::MAX` when none).
     pub dead_lo: usize,
-    /// End (next payload) of the highest dead chunk (0 when none).
+    /// The *dead frontier*: a chunk freed with its payload here becomes dead, and the frontier moves to
+    /// its end. It starts at the first chunk, so frees in allocation order (FIFO) keep finding it; every
+    /// dead chunk lies in `[dead_lo, dead_hi)`.
     pub dead_hi: usize,
     /// Payload address where carving stopped, for a page that is not its region's current page.
     pub top: usize,
@@ -199,11 +202,16 @@ impl PageHeader {
     /// Forgets every block of a small page: nothing carved, no live block.
     pub fn clear_blocks(&mut self) {
         self.live = 0;
-        self.dead_lo = usize::MAX;
-        self.dead_hi = 0;
         self.listed = 0;
         self.gen = self.gen.wrapping_add(1);
         self.top = self.first_payload();
+        self.reset_dead();
+    }
+
+    /// No dead chunk; the dead frontier at the first chunk.
+    pub fn reset_dead(&mut self) {
+        self.dead_lo = usize::MAX;
+        self.dead_hi = self.first_payload();
     }
 
     /// Payload address of the first chunk of the page.
