@@ -50,13 +50,6 @@ const _: () = assert!(HOME_FIRST + MAX_SMALL_GRANULES <= crate::config::REGION_G
 /// The largest block a region hands out (the reservation bounds it anyway).
 const MAX_BLOCK: usize = REGION_RESERVE / 2;
 
-/// Class of a chunk of `k` granules above the exact classes (out of line: rare).
-#[cold]
-#[inline(never)]
-fn large_class(k: usize) -> usize {
-    class_of(k)
-}
-
 /// Generation of the small page holding payload `p`.
 #[inline(always)]
 fn page_gen(p: usize) -> u32 {
@@ -438,10 +431,17 @@ impl Region {
 
     // ------------------------------------------------------------------ allocation
 
-    /// Allocates `size` bytes, 16-byte aligned. Fast path: a freed chunk of the class, else a bump in the
-    /// current page. `None`: out of memory.
+    /// Allocates `size` bytes, 16-byte aligned. `None`: out of memory (errno is ENOMEM then).
     #[inline(always)]
     pub fn alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
+        NonNull::new(self.alloc_or_null(size))
+    }
+
+    /// Allocates `size` bytes, 16-byte aligned, for the C entry points: the block, or NULL with errno
+    /// ENOMEM. Fast path: a freed chunk of the class, else a bump in the current page; anything else is
+    /// one (tail) call to the slow path.
+    #[inline(always)]
+    pub fn alloc_or_null(&mut self, size: usize) -> *mut u8 {
         if size <= EXACT_MAX {
             let k = granules(size);
             let p = match self.pop(k) {
@@ -449,16 +449,29 @@ impl Region {
                 None => {
                     let p = self.bump;
                     if k * REGION_GRANULE > self.limit - p {
-                        return self.alloc_slow(size);
+                        return self.alloc_slow_or_null(size);
                     }
                     self.bump = p + k * REGION_GRANULE;
                     p
                 }
             };
             // SAFETY: p is a chunk of k granules of one of our small pages, now ours.
-            return Some(unsafe { self.finish(p, k) });
+            return unsafe { self.finish(p, k) }.as_ptr();
         }
-        self.alloc_slow(size)
+        self.alloc_slow_or_null(size)
+    }
+
+    /// The slow path of [`Region::alloc_or_null`].
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow_or_null(&mut self, size: usize) -> *mut u8 {
+        match self.alloc_slow(size) {
+            Some(p) => p.as_ptr(),
+            None => {
+                crate::os::set_errno(libc::ENOMEM);
+                ptr::null_mut()
+            }
+        }
     }
 
     /// Marks the chunk at `p` (of `k` granules, taken from a list or carved) live and counts it.
@@ -646,26 +659,60 @@ impl Region {
     pub fn free(&mut self, p: usize) -> Result<(), BadPointer> {
         let page = p & !PAGE_MASK;
         if page != self.mru {
-            // Inline check for a small page of ours; runs and errors take the slow path.
-            let off = p.wrapping_sub(self.base);
-            // SAFETY: the index is inside the reservation (checked first); a small page in use is
-            // committed and its `region` field is atomic.
-            let ours = off < REGION_RESERVE
-                && unsafe { table_entry(self.base, off / REGION_PAGE) } == T_SMALL
-                && ptr::eq(unsafe { (*(page as *const PageHeader)).region.load(Ordering::Relaxed) }, self);
-            if !ours {
-                return self.free_slow(p);
-            }
-            self.set_mru(page);
+            return self.free_other_page(p);
         }
         // SAFETY: mru is always a small page of ours.
         unsafe { self.free_small(page, p) }
     }
 
-    /// The slow path of [`Region::free`]: validates `p`'s page, remembers it, then frees.
-    #[cold]
+    /// [`Region::free`] for the C entry point: a bad pointer goes to `bad` (which does not return), so
+    /// that the fast path keeps nothing across a call.
+    #[inline(always)]
+    pub fn free_or(&mut self, p: usize, bad: fn(usize, BadPointer) -> !) {
+        let page = p & !PAGE_MASK;
+        if page != self.mru {
+            // Inline: a small page of ours, and the previous page needs no salvage; else out of line.
+            let off = p.wrapping_sub(self.base);
+            // SAFETY: the index is inside the reservation (checked first); a small page in use is
+            // committed and its `region` field is atomic; mru is a small page of ours.
+            let simple = off < REGION_RESERVE
+                && unsafe { table_entry(self.base, off / REGION_PAGE) } == T_SMALL
+                && ptr::eq(unsafe { (*(page as *const PageHeader)).region.load(Ordering::Relaxed) }, self)
+                && unsafe { !(*(self.mru as *const PageHeader)).needs_salvage() };
+            if !simple {
+                return self.free_other_page_or(p, bad);
+            }
+            self.mru = page;
+        }
+        // SAFETY: mru is always a small page of ours.
+        if let Err(e) = unsafe { self.free_small(page, p) } {
+            bad(p, e)
+        }
+    }
+
     #[inline(never)]
-    fn free_slow(&mut self, p: usize) -> Result<(), BadPointer> {
+    fn free_other_page_or(&mut self, p: usize, bad: fn(usize, BadPointer) -> !) {
+        if let Err(e) = self.free_other_page(p) {
+            bad(p, e)
+        }
+    }
+
+    /// [`Region::free`] of a block outside the most recently freed-into page (every free in random
+    /// order): validates `p`'s page, remembers it, then frees.
+    #[inline(never)]
+    fn free_other_page(&mut self, p: usize) -> Result<(), BadPointer> {
+        let page = p & !PAGE_MASK;
+        let off = p.wrapping_sub(self.base);
+        // SAFETY: the index is inside the reservation (checked first); a small page in use is committed
+        // and its `region` field is atomic.
+        let small_and_ours = off < REGION_RESERVE
+            && unsafe { table_entry(self.base, off / REGION_PAGE) } == T_SMALL
+            && ptr::eq(unsafe { (*(page as *const PageHeader)).region.load(Ordering::Relaxed) }, self);
+        if small_and_ours {
+            self.set_mru(page);
+            // SAFETY: the page is a small page of ours.
+            return unsafe { self.free_small(page, p) };
+        }
         match self.owner_page(p)? {
             (page, KIND_SMALL) => {
                 self.set_mru(page);
@@ -683,7 +730,7 @@ impl Region {
         // SAFETY: mru is always a small page of ours (reset to home when its page leaves).
         let o = unsafe { &mut *(self.mru as *mut PageHeader) };
         self.mru = page;
-        if o.dead_lo != usize::MAX && o.live != 0 {
+        if o.needs_salvage() {
             self.salvage(o);
         }
     }
@@ -763,7 +810,7 @@ impl Region {
             // have a class's exact size.
             unsafe {
                 write_header(p, k, MAGIC_FREED, h.gen);
-                self.push(if k <= EXACT_GRANULES { k } else { large_class(k) }, p);
+                self.push(if k <= EXACT_GRANULES { k } else { class_of(k) }, p);
             }
             h.listed = 1;
         }

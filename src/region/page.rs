@@ -208,6 +208,13 @@ impl PageHeader {
         self.reset_dead();
     }
 
+    /// Whether the page holds dead chunks and live blocks: when frees move on to another page, its dead
+    /// chunks are listed.
+    #[inline(always)]
+    pub fn needs_salvage(&self) -> bool {
+        self.dead_lo != usize::MAX && self.live != 0
+    }
+
     /// No dead chunk; the dead frontier at the first chunk.
     pub fn reset_dead(&mut self) {
         self.dead_lo = usize::MAX;
