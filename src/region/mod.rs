@@ -119,6 +119,9 @@ pub struct Region {
     limit: usize,
     /// The page being carved.
     cur: *mut PageHeader,
+    /// The page the last refill left (0: none): LIFO frees that cross back into it shrink its carved
+    /// part instead of listing chunks (see `free_small`).
+    prev: usize,
     /// The most recently allocated block: `realloc` grows it in place when it is also the last block
     /// carved from the current page.
     last: usize,
@@ -170,6 +173,7 @@ impl Region {
                 limit: 0,
                 cur: h,
                 last: 0,
+                prev: 0,
                 mru: h as usize,
                 base,
                 live_bytes: 0,
@@ -271,6 +275,7 @@ impl Region {
         self.live_bytes = 0;
         self.live_objects = 0;
         self.mru = self.home as usize;
+        self.prev = 0;
         self.open_page(self.home);
     }
 
@@ -577,9 +582,10 @@ impl Region {
         self.limit = hp.addr() + REGION_PAGE;
     }
 
-    /// Closes the current page: its uncarved tail becomes a chunk (a freed one of the largest class it
-    /// holds, when it is larger than the exact classes, else padding), its carving end is recorded, and
-    /// it is recycled if it is empty. Afterwards `cur` is the home page with nothing to carve.
+    /// Closes the current page: its carving end is recorded (an uncarved tail larger than the exact
+    /// classes becomes a freed chunk of the largest class it holds, plus padding), it becomes the
+    /// `prev` page, and it is recycled if it is empty. Afterwards `cur` is the home page with nothing to
+    /// carve.
     fn leave_current(&mut self) {
         if self.limit == 0 {
             return;
@@ -589,6 +595,7 @@ impl Region {
         let hp = unsafe { &mut *h };
         let mut q = self.bump;
         let mut rest = (self.limit - q) / REGION_GRANULE;
+        hp.top = q;
         if rest > EXACT_GRANULES {
             let mut c = class_of(rest.min(MAX_SMALL_GRANULES));
             if class_granules(c) > rest {
@@ -603,12 +610,13 @@ impl Region {
             hp.listed = 1;
             q += k * REGION_GRANULE;
             rest -= k;
+            if rest > 0 {
+                // SAFETY: as above.
+                unsafe { write_header(q, rest, MAGIC_PAD, hp.gen) };
+            }
+            hp.top = self.limit;
         }
-        if rest > 0 {
-            // SAFETY: as above.
-            unsafe { write_header(q, rest, MAGIC_PAD, hp.gen) };
-        }
-        hp.top = self.limit;
+        self.prev = h as usize;
         self.bump = 0;
         self.limit = 0;
         // No current page until the caller picks one: point at home so `cur` stays valid.
@@ -800,7 +808,13 @@ impl Region {
             self.bump = p;
             return Ok(());
         }
-        if p == h.dead_hi {
+        if page == self.prev && next == h.top {
+            // The last chunk of the page the last refill left: LIFO frees crossing back into it give
+            // the space back to its uncarved tail (they would be listed and reused piecemeal else).
+            // SAFETY: the block is live in our page.
+            unsafe { write_header(p, k, MAGIC_FREED, h.gen) };
+            h.top = p;
+        } else if p == h.dead_hi {
             // Freed in allocation order: dead, so that the page empties whole (FIFO).
             // SAFETY: the block is live in our page.
             unsafe { write_header(p, k, MAGIC_DEAD, h.gen) };
@@ -874,6 +888,9 @@ impl Region {
         self.npages -= 1;
         if self.mru == h.addr() {
             self.mru = self.home as usize;
+        }
+        if self.prev == h.addr() {
+            self.prev = 0;
         }
         if self.ncache < REGION_CACHE_PAGES {
             h.clear_blocks();

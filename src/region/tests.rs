@@ -485,3 +485,31 @@ fn fork_handlers_leave_the_pool_usable_in_both_processes() {
     pool::lock().check();
     destroy(r);
 }
+
+#[test]
+fn lifo_bursts_across_a_page_change_stay_pure_bumps() {
+    let r = new_region();
+    let mut rng = Rng(5);
+    let mut base: Vec<usize> = (0..1000).map(|_| r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize).collect();
+    // Leave less room in the current page than a burst needs: every burst crosses into the next page.
+    while r.limit - r.bump > 2000 {
+        base.push(r.alloc(100).unwrap().as_ptr() as usize);
+    }
+    let pages = r.stats().pages_in_use;
+    for round in 0..200 {
+        let burst: Vec<usize> = (0..64).map(|_| r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize).collect();
+        for &p in burst.iter().rev() {
+            r.free(p).unwrap();
+        }
+        // The first burst crossed into a new page; its chunks in the page left behind gave their space
+        // back to that page's tail instead of going on the lists.
+        assert!(r.free.iter().all(|&h| h == 0), "round {round}: no chunk listed");
+        assert!(r.stats().pages_in_use <= pages + 2, "round {round}");
+    }
+    r.check();
+    for p in base {
+        r.free(p).unwrap();
+    }
+    r.check();
+    destroy(r);
+}
