@@ -808,9 +808,11 @@ impl Region {
             self.bump = p;
             return Ok(());
         }
-        if page == self.prev && next == h.top {
-            // The last chunk of the page the last refill left: LIFO frees crossing back into it give
-            // the space back to its uncarved tail (they would be listed and reused piecemeal else).
+        // SAFETY: cur is always a page of ours (home when none is open).
+        if page == self.prev && next == h.top && unsafe { (*self.cur).live } == 0 {
+            // The last chunk of the page the last refill left, while the current page is empty: LIFO
+            // frees crossing back into it give the space back to its uncarved tail (they would be
+            // listed and reused piecemeal else). Random-order frees rarely empty the current page.
             // SAFETY: the block is live in our page.
             unsafe { write_header(p, k, MAGIC_FREED, h.gen) };
             h.top = p;
