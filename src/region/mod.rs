@@ -147,7 +147,8 @@ pub struct Region {
     callbacks: *mut Callback,
 }
 
-/// The links of a freed chunk, in its first payload bytes.
+/// The links of a freed chunk, in its first payload bytes: granule indexes from the base, `next` 0 at
+/// the end of the list; `prev` is meaningful only for a chunk that is not the head of its list.
 #[repr(C)]
 struct Links {
     next: u32,
@@ -369,13 +370,8 @@ impl Region {
         }
         let n = self.node(head);
         // SAFETY: listed chunks are freed chunks of our committed pages; their links are ours.
-        unsafe {
-            let next = (*n).next;
-            self.free[c] = next;
-            if next != 0 {
-                (*self.node(next)).prev = 0;
-            }
-        }
+        // (The new head's `prev` is left stale: a chunk is the head iff the list head names it.)
+        self.free[c] = unsafe { (*n).next };
         Some(n as usize)
     }
 
@@ -405,7 +401,7 @@ impl Region {
         // SAFETY: guaranteed by the caller; neighbours are listed chunks of ours.
         unsafe {
             let Links { next, prev } = (p as *const Links).read();
-            if prev == 0 {
+            if self.free[c] == self.index(p) {
                 self.free[c] = next;
             } else {
                 (*self.node(prev)).next = next;
@@ -1159,7 +1155,9 @@ impl Region {
                 assert_eq!(k, class_granules(c), "listed chunk of its class");
                 // SAFETY: as above.
                 let l = unsafe { (p as *const Links).read() };
-                assert_eq!(l.prev, prev, "back link");
+                if prev != 0 {
+                    assert_eq!(l.prev, prev, "back link");
+                }
                 prev = i;
                 i = l.next;
                 listed += 1;
