@@ -11,7 +11,13 @@ fn main() {
     let major = env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
     let minor = env::var("CARGO_PKG_VERSION_MINOR").unwrap();
     let patch = env::var("CARGO_PKG_VERSION_PATCH").unwrap();
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librallocs.so.{major}");
+    // The bimp preload library (feature `bimp-preload`) is a different library: give it its own SONAME.
+    if env::var_os("CARGO_FEATURE_BIMP_PRELOAD").is_some() {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librallocs-bimp.so");
+    } else {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librallocs.so.{major}");
+    }
+    bimp_align();
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=build.rs");
@@ -37,4 +43,23 @@ fn main() {
     let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let target = if target.is_absolute() { target } else { root.join(target) };
     bindings.write_to_file(target.join("include").join("rallocs.h"));
+}
+
+/// The seed's `BIMP_ALIGN` option: the alignment of every bimp block, a power of two of at least 16
+/// (default 16). Validated here so that a bad value fails the build with a clear message; passed to the
+/// crate as `RALLOCS_BIMP_ALIGN` (`config::BIMP_ALIGN`, which asserts it again).
+fn bimp_align() {
+    println!("cargo:rerun-if-env-changed=BIMP_ALIGN");
+    let raw = env::var("BIMP_ALIGN").unwrap_or_default();
+    let raw = raw.trim();
+    let align = if raw.is_empty() { 16 } else {
+        match raw.parse::<usize>() {
+            Ok(v) => v,
+            Err(_) => panic!("BIMP_ALIGN={raw:?} is not a number: it must be a power of two from 16 to 1048576"),
+        }
+    };
+    if !align.is_power_of_two() || !(16..=1 << 20).contains(&align) {
+        panic!("BIMP_ALIGN={align} is invalid: it must be a power of two from 16 to 1048576 (16, 32, 64, ...)");
+    }
+    println!("cargo:rustc-env=RALLOCS_BIMP_ALIGN={align}");
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The C test runner, called by `make test` (make c-tests): checks that rallocs.h compiles as C99 and
-# C++11 before and after <stdlib.h>, then compiles every c-tests/*.c (C11) and *.cpp (C++11) with strict
+# C++11 before and after <stdlib.h>, then compiles every c-tests/*.c (C11) and *.cpp (C++11, or what the
+# file's first line asks for) with strict
 # warnings against the header, links each against the shared library and against the static library,
 # runs it, prints one line per program, and ends with "c-tests: N passed, M failed".
 #
@@ -77,10 +78,13 @@ for src in "$root"/c-tests/*.c; do
     name=$(basename "$src" .c)
     for kind in shared static; do run_one "$src" "$name" "$kind" $cc "${cflags[@]}"; done
 done
+# A first line "// c-tests: FLAGS" adds FLAGS for that one file (e.g. -std=c++17; the last -std wins).
 for src in "$root"/c-tests/*.cpp; do
     [ -e "$src" ] || continue
     name=$(basename "$src" .cpp)
-    for kind in shared static; do run_one "$src" "$name" "$kind" $cxx "${cxxflags[@]}"; done
+    extra=$(sed -n '1s|^// c-tests: ||p' "$src")
+    # shellcheck disable=SC2086
+    for kind in shared static; do run_one "$src" "$name" "$kind" $cxx "${cxxflags[@]}" $extra; done
 done
 
 echo "c-tests: $passed passed, $failed failed"

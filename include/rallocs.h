@@ -25,10 +25,91 @@
 #define RALLOCS_MIN_ALIGN 16
 
 /**
+ * The result of every rmalloc call that can fail.
+ */
+typedef enum rm_status_t {
+    /**
+     * Success.
+     */
+    RM_OK = 0,
+    /**
+     * A NULL handle or out-parameter.
+     */
+    RM_INVALID_ARGUMENT,
+    /**
+     * No memory within the limit (after compacting and purging), or a size that overflows.
+     */
+    RM_OUT_OF_MEMORY,
+    /**
+     * A handle that rmalloc did not return, or that was freed.
+     */
+    RM_INVALID_HANDLE,
+    /**
+     * `rmfree` of a locked handle, or `rmrealloc` that would have to move a locked block.
+     */
+    RM_LOCKED,
+    /**
+     * `rmunlock` of a handle whose lock count is zero.
+     */
+    RM_NOT_LOCKED,
+    /**
+     * `rmlock` of a purgeable block that was discarded; `rmrealloc` revives the handle.
+     */
+    RM_PURGED,
+} rm_status_t;
+
+/**
  * A region: an arena of pages from which blocks are allocated by bumping a pointer, and freed one by one
  * or all at once. Opaque: create it with `region_create`, destroy it with `region_destroy`.
  */
 typedef struct region_t region_t;
+
+/**
+ * An rmalloc handle: opaque. Its address never changes while the block it names moves during
+ * compaction; reach the bytes with `rmlock` and release them with `rmunlock`.
+ */
+typedef struct rm_memory_t rm_memory_t;
+
+/**
+ * Counters of the bimp heap, filled by `bimp_stats_get()`. Sizes are in bytes; "blocks" counts
+ * allocations.
+ */
+typedef struct bimp_stats_t {
+    /**
+     * Bytes from the base of the heap to its top: live blocks, freed blocks still below the top,
+     * their headers and alignment padding. 0 when every block has been freed.
+     */
+    size_t top_bytes;
+    /**
+     * Usable bytes of the live blocks (the sum of their `bimp_malloc_usable_size`).
+     */
+    size_t live_bytes;
+    /**
+     * Number of live blocks.
+     */
+    size_t live_blocks;
+    /**
+     * Usable bytes of freed blocks that still lie below the top (they come back when every block
+     * above them is freed).
+     */
+    size_t free_bytes;
+    /**
+     * Number of freed blocks still below the top.
+     */
+    size_t free_blocks;
+    /**
+     * Bytes of memory committed for the heap (readable and writable; resident once touched).
+     */
+    size_t committed_bytes;
+    /**
+     * Highest value `top_bytes` has reached.
+     */
+    size_t peak_top_bytes;
+    /**
+     * Bytes of address space reserved for the heap (0 before the first allocation).
+     */
+    size_t reserved_bytes;
+} bimp_stats_t;
 
 /**
  * Statistics of the malloc family, filled by `rallocs_stats_get()`.
@@ -42,8 +123,9 @@ typedef struct rallocs_stats_t {
      */
     size_t live_bytes;
     /**
-     * Bytes of memory committed: superblocks whose pages were not given back, large blocks (and the
-     * cache of recently freed ones), and heap metadata.
+     * Bytes of memory that may be resident: the pages of superblocks that allocation has reached and
+     * that were not given back to the OS since, large blocks (and the cache of recently freed ones),
+     * and heap metadata.
      */
     size_t committed_bytes;
     /**
@@ -134,9 +216,182 @@ typedef struct region_stats_t {
     size_t pool_pages_carved;
 } region_stats_t;
 
+/**
+ * A snapshot of the rmalloc heap, filled by `rm_stats_get`. Sizes are bytes.
+ */
+typedef struct rm_stats_t {
+    /**
+     * Heap memory committed from the OS.
+     */
+    size_t capacity;
+    /**
+     * Bytes in live blocks (block headers and rounding included).
+     */
+    size_t used;
+    /**
+     * `capacity - used`: free blocks plus the committed run at the end of the heap.
+     */
+    size_t free;
+    /**
+     * The largest contiguous free run (a free block or the committed run at the end).
+     */
+    size_t largest_free;
+    /**
+     * `1 - largest_free / free` (0 when nothing is free): 0 means all free space is one run.
+     */
+    double fragmentation;
+    /**
+     * Handles allocated and not freed (purged ones included).
+     */
+    size_t handles;
+    /**
+     * Compaction passes run (by `rmcompact` or by an allocation that did not fit).
+     */
+    uint64_t compactions;
+    /**
+     * Bytes moved by compaction, in total.
+     */
+    uint64_t bytes_moved;
+    /**
+     * The longest time one compaction held the heap, in nanoseconds.
+     */
+    uint64_t longest_pause_ns;
+    /**
+     * Purgeable blocks discarded to make room.
+     */
+    uint64_t purges;
+} rm_stats_t;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Allocates `size` bytes on top of the bimp stack and returns a pointer aligned to
+ * `bimp_alignment()` (16 unless built with `BIMP_ALIGN`). `size` 0 gives a unique pointer that must
+ * be freed. Returns NULL with `errno` ENOMEM when memory or the bimp address space runs out (also
+ * for sizes no system could hold, such as `SIZE_MAX`). Thread-safe unless built with
+ * `BIMP_SINGLE_THREADED`.
+ */
+void *bimp_malloc(size_t size);
+
+/**
+ * Allocates `n * size` zeroed bytes. Returns NULL with `errno` ENOMEM when the product overflows or
+ * memory runs out.
+ */
+void *bimp_calloc(size_t n, size_t size);
+
+/**
+ * Frees a block returned by a `bimp_*` allocation function; NULL is ignored. Freeing the top block
+ * pops it and every already-freed block directly beneath it, so memory freed in any order comes back
+ * once everything above it is free; freeing another block marks it free in O(1).
+ *
+ * A pointer that bimp did not return, or a block already freed, aborts the process with one line on
+ * stderr: `rallocs: bimp_free(): invalid pointer 0x... (reason)`.
+ *
+ * # Safety
+ * `p` is NULL or a pointer returned by a `bimp_*` allocation function and not yet freed. The
+ * violations above are detected; a stale pointer whose memory was popped and handed out again
+ * cannot be told from the new block.
+ */
+void bimp_free(void *p);
+
+/**
+ * Resizes a block to `size` bytes, keeping its contents up to the smaller size. The top block grows
+ * or shrinks in place (no copy); another block shrinks in place or moves (allocate, copy, free).
+ * `p` NULL: same as `bimp_malloc(size)`. `size` 0 (with `p` not NULL): frees `p` and returns NULL.
+ * On failure returns NULL with `errno` ENOMEM and leaves `p` allocated and unchanged. An invalid `p`
+ * aborts as in `bimp_free`.
+ *
+ * # Safety
+ * `p` is NULL or a pointer returned by a `bimp_*` allocation function and not yet freed
+ * (other values are detected and abort, as far as bimp can tell).
+ */
+void *bimp_realloc(void *p, size_t size);
+
+/**
+ * `bimp_realloc(p, n * size)`, but returns NULL with `errno` ENOMEM (leaving `p` unchanged) when
+ * `n * size` overflows.
+ *
+ * # Safety
+ * as for `bimp_realloc`.
+ */
+void *bimp_reallocarray(void *p, size_t n, size_t size);
+
+/**
+ * Like `bimp_realloc`, but when it fails the block is freed (BSD `reallocf`): the caller never has to
+ * free `p` after this call. Returns NULL with `errno` ENOMEM on failure.
+ *
+ * # Safety
+ * as for `bimp_realloc`.
+ */
+void *bimp_reallocf(void *p, size_t size);
+
+/**
+ * Allocates `size` bytes aligned to `alignment`, which must be a power of two (else NULL with
+ * `errno` EINVAL); `size` need not be a multiple of it. The padding below the block comes back with
+ * it. NULL with `errno` ENOMEM when memory runs out.
+ */
+void *bimp_aligned_alloc(size_t alignment, size_t size);
+
+/**
+ * Allocates `size` bytes aligned to `alignment` (glibc `memalign`): an alignment that is not a power
+ * of two is rounded up to the next one; one above `SIZE_MAX / 2 + 1` gives NULL with `errno` EINVAL.
+ * NULL with `errno` ENOMEM when memory runs out.
+ */
+void *bimp_memalign(size_t alignment, size_t size);
+
+/**
+ * Stores in `*memptr` a block of `size` bytes aligned to `alignment` and returns 0. Returns EINVAL
+ * when `alignment` is not a power of two multiple of `sizeof(void *)` (or `memptr` is NULL), ENOMEM
+ * when memory runs out; on failure `*memptr` and `errno` are left unchanged.
+ *
+ * # Safety
+ * `memptr` is NULL or points to writable storage for one pointer.
+ */
+int bimp_posix_memalign(void **memptr, size_t alignment, size_t size);
+
+/**
+ * Allocates `size` bytes aligned to the page size. NULL with `errno` ENOMEM on failure.
+ */
+void *bimp_valloc(size_t size);
+
+/**
+ * Allocates `size` bytes rounded up to a whole number of pages (at least one), aligned to the page
+ * size. NULL with `errno` ENOMEM when the rounding overflows or memory runs out.
+ */
+void *bimp_pvalloc(size_t size);
+
+/**
+ * Returns the number of usable bytes of the live block `p` (at least the size requested: requests are
+ * rounded up to `bimp_alignment()`), or 0 for NULL. An invalid `p` aborts as in `bimp_free`.
+ *
+ * # Safety
+ * as for `bimp_realloc`.
+ */
+size_t bimp_malloc_usable_size(void *p);
+
+/**
+ * Returns the alignment of every block bimp returns: the `BIMP_ALIGN` the library was built with
+ * (16 by default; always a power of two of at least 16).
+ */
+size_t bimp_alignment(void);
+
+/**
+ * Returns true when the `bimp_*` functions may be called from several threads at once; false when
+ * the library was built with `BIMP_SINGLE_THREADED` (no locking at all: one thread only).
+ */
+bool bimp_thread_safe(void);
+
+/**
+ * Fills `*out` with the counters of the bimp heap (NULL: does nothing). Walks every block below the
+ * top, so it costs O(blocks): meant for tests and diagnostics, not for hot paths. Thread-safe (a
+ * consistent snapshot).
+ *
+ * # Safety
+ * `out` is NULL or points to writable storage for one `bimp_stats_t`.
+ */
+void bimp_stats_get(struct bimp_stats_t *out);
 
 /**
  * Allocates `size` bytes and returns a pointer aligned to 16 bytes (`RALLOCS_MIN_ALIGN`), or NULL with
@@ -386,6 +641,109 @@ int32_t region_on_destroy(struct region_t *r, void (*fn)(void*), void *arg);
  * `r` is NULL or a live region that no other thread uses; `stats` is NULL or writable.
  */
 void region_stats_get(const struct region_t *r, struct region_stats_t *stats);
+
+/**
+ * Allocates a relocatable block of `size` bytes and stores its handle in `*handle`.
+ *
+ * The handle's address never changes; the block behind it may move whenever it is not locked. Reach
+ * the bytes with `rmlock`. `size` may be 0 (a distinct, lockable block of no bytes). The contents are
+ * indeterminate.
+ *
+ * Returns `RM_OK` and writes `*handle`; `RM_INVALID_ARGUMENT` when `handle` is NULL;
+ * `RM_OUT_OF_MEMORY` when `size` overflows, exceeds the limit (`rmsetlimit`), or does not fit even
+ * after compacting the heap and discarding every unlocked purgeable block. `*handle` is written only
+ * on `RM_OK`. Thread-safe.
+ */
+enum rm_status_t rmalloc(struct rm_memory_t **handle, size_t size);
+
+/**
+ * Locks the block of `h` and stores its address in `*ptr`: the block does not move, and `*ptr` stays
+ * valid, until the matching `rmunlock`. Locks nest: each `rmlock` adds one to the handle's lock count
+ * and each `rmunlock` takes one off; the block may move again only when the count is back to 0.
+ * The address is 16-byte aligned.
+ *
+ * Returns `RM_OK`; `RM_INVALID_ARGUMENT` when `h` or `ptr` is NULL; `RM_INVALID_HANDLE` when `h` was
+ * not returned by `rmalloc` or was freed; `RM_PURGED` when the block was purgeable and has been
+ * discarded (revive it with `rmrealloc`). `*ptr` is written only on `RM_OK`. Thread-safe and
+ * lock-free (no mutex) unless the heap is moving this very block at that moment.
+ */
+enum rm_status_t rmlock(struct rm_memory_t *h, void **ptr);
+
+/**
+ * Takes one off the lock count of `h`. The pointer `rmlock` returned must not be used after the count
+ * reaches 0.
+ *
+ * Returns `RM_OK`; `RM_INVALID_ARGUMENT` when `h` is NULL; `RM_INVALID_HANDLE` for a handle not
+ * returned by `rmalloc` or freed; `RM_NOT_LOCKED` when the count is already 0. Thread-safe, lock-free.
+ */
+enum rm_status_t rmunlock(struct rm_memory_t *h);
+
+/**
+ * Frees the handle `h` and its block (or nothing more, if the block was purged).
+ *
+ * Returns `RM_OK`; `RM_INVALID_ARGUMENT` when `h` is NULL; `RM_INVALID_HANDLE` for a handle not
+ * returned by `rmalloc` or already freed (a freed handle is detected: its slot is marked and reused
+ * only much later, under a new generation tag, so a stale handle is refused rather than reaching
+ * another block); `RM_LOCKED` when the lock count is above 0, in which case nothing is freed.
+ * Thread-safe.
+ */
+enum rm_status_t rmfree(struct rm_memory_t *h);
+
+/**
+ * Resizes the block of `h` to `size` bytes, keeping its contents up to the smaller of the two sizes.
+ * A locked block is resized only in place (shrinking always works; growing works when the space after
+ * it is free); if it would have to move, `RM_LOCKED` is returned and nothing changes. A purged block is
+ * revived with `size` bytes of indeterminate contents.
+ *
+ * Returns `RM_OK`; `RM_INVALID_ARGUMENT` when `h` is NULL; `RM_INVALID_HANDLE` for a handle not
+ * returned by `rmalloc` or freed; `RM_LOCKED` as above; `RM_OUT_OF_MEMORY` when `size` overflows or
+ * does not fit (the block is then unchanged). Thread-safe.
+ */
+enum rm_status_t rmrealloc(struct rm_memory_t *h, size_t size);
+
+/**
+ * The size of the block of `h` as last requested (`rmalloc` or `rmrealloc`); 0 when `h` is NULL, not
+ * a handle, freed, or purged. Thread-safe.
+ */
+size_t rmsize(const struct rm_memory_t *h);
+
+/**
+ * Marks the block of `h` purgeable (`true`: when an allocation does not fit even after compaction,
+ * the block may be discarded while it is unlocked; `rmlock` then returns `RM_PURGED`) or not.
+ *
+ * Returns `RM_OK`; `RM_INVALID_ARGUMENT` when `h` is NULL; `RM_INVALID_HANDLE` for a handle not
+ * returned by `rmalloc` or freed. Thread-safe.
+ */
+enum rm_status_t rmsetpurgeable(struct rm_memory_t *h, bool purgeable);
+
+/**
+ * Compacts the heap: unlocked blocks slide toward its start (their handles follow), locked blocks stay
+ * put and the free space around them becomes free blocks. With `budget_us` > 0 it stops after about
+ * that many microseconds (the overshoot is bounded by moving 16 small blocks or 64 KiB plus one
+ * block) and the next call continues where it stopped; 0 compacts the whole heap. When a pass reaches
+ * the end of the heap, the pages past the last block go back to the OS; with nothing locked, all free
+ * space is then one run at the end.
+ *
+ * Always returns `RM_OK`. Thread-safe: other threads wait for the heap meanwhile, except `rmlock` and
+ * `rmunlock` of blocks that are not being moved.
+ */
+enum rm_status_t rmcompact(uint64_t budget_us);
+
+/**
+ * Sets the heap budget: the heap (blocks, free blocks and headers; the handle table is not counted)
+ * never extends beyond `bytes`. 0 removes the limit (the default). When the heap is already larger,
+ * it is compacted first.
+ *
+ * Returns `RM_OK`; `RM_OUT_OF_MEMORY` when the heap does not fit in `bytes` even after compacting (the
+ * limit is then unchanged). Thread-safe.
+ */
+enum rm_status_t rmsetlimit(size_t bytes);
+
+/**
+ * Fills `*out` with a snapshot of the heap's statistics (see `rm_stats_t`). Does nothing when `out`
+ * is NULL. Thread-safe.
+ */
+void rm_stats_get(struct rm_stats_t *out);
 
 /**
  * Returns the version of the rallocs library that is running, as a string "MAJOR.MINOR.PATCH".

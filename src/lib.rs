@@ -14,6 +14,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod bimp;
 pub mod config;
 pub mod diag;
 pub mod ffi;
@@ -21,6 +22,7 @@ pub mod hoard;
 pub mod options;
 pub mod os;
 pub mod region;
+pub mod rm;
 pub mod size_class;
 pub mod sync;
 pub mod trace;

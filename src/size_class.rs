@@ -1,16 +1,38 @@
 //! Size classes of the malloc family.
 //!
 //! Exact classes every 16 bytes up to 128, then four classes per doubling (at most 1.25x apart:
-//! 160, 192, 224, 256, 320, ...) up to [`MAX_SMALL_SIZE`] = 16 KiB: 36 classes. Every class size is a
+//! 160, 192, 224, 256, 320, ...) up to [`MAX_SMALL_SIZE`] = 16 KiB: 36 small classes in 64 KiB
+//! superblocks; then 16 medium classes up to [`MAX_MEDIUM_SIZE`] = 256 KiB in 1 MiB superblocks. Every
+//! class size is a
 //! multiple of 16, so every block is 16-byte aligned (superblock data starts at a multiple of 128).
 //!
 //! Invariant: `class_of(n)` is the smallest class whose size is at least `n`, for every `n` in
-//! `0..=MAX_SMALL_SIZE`, and neighbouring classes are at most 1.25x apart (see the tests).
+//! `0..=MAX_MEDIUM_SIZE`, and neighbouring classes are at most 1.25x apart (see the tests).
 
-use crate::config::{MAX_SMALL_SIZE, MIN_ALIGN};
+use crate::config::{MAX_MEDIUM_SIZE, MAX_SMALL_SIZE, MEDIUM_SUPERBLOCK_SIZE, MIN_ALIGN, SUPERBLOCK_SIZE};
 
-/// Number of size classes.
-pub const NCLASSES: usize = 36;
+/// Number of small classes (served from 64 KiB superblocks).
+pub const SMALL_CLASSES: usize = 36;
+/// Number of size classes, small and medium.
+pub const NCLASSES: usize = 52;
+
+/// Superblock kinds: small (0) and medium (1).
+pub const KINDS: usize = 2;
+
+/// The superblock kind of class `c`: 0 small, 1 medium.
+#[inline(always)]
+pub fn kind_of(c: usize) -> usize {
+    (c >= SMALL_CLASSES) as usize
+}
+
+/// Bytes of a superblock of kind `k`.
+pub const SUPERBLOCK_BYTES: [usize; KINDS] = [SUPERBLOCK_SIZE, MEDIUM_SUPERBLOCK_SIZE];
+
+/// Bytes of a superblock of class `c`.
+#[inline(always)]
+pub fn superblock_size(c: usize) -> usize {
+    SUPERBLOCK_BYTES[kind_of(c)]
+}
 
 const fn size_of_class(c: usize) -> usize {
     if c < 8 {
@@ -33,13 +55,14 @@ pub static CLASS_SIZE: [u32; NCLASSES] = {
     t
 };
 
-const _: () = assert!(size_of_class(NCLASSES - 1) == MAX_SMALL_SIZE);
+const _: () = assert!(size_of_class(SMALL_CLASSES - 1) == MAX_SMALL_SIZE);
+const _: () = assert!(size_of_class(NCLASSES - 1) == MAX_MEDIUM_SIZE);
 const _: () = assert!(size_of_class(0) == MIN_ALIGN);
 
-/// The class serving a request of `size` bytes (`size <= MAX_SMALL_SIZE`; 0 counts as 1).
+/// The class serving a request of `size` bytes (`size <= MAX_MEDIUM_SIZE`; 0 counts as 1).
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
-    debug_assert!(size <= MAX_SMALL_SIZE);
+    debug_assert!(size <= MAX_MEDIUM_SIZE);
     if size <= 128 {
         // 0 and 1..=16 -> 0, 17..=32 -> 1, ...
         (size.saturating_sub(1)) >> 4
@@ -61,7 +84,7 @@ pub fn class_size(c: usize) -> usize {
 /// of a superblock starts at `SUPERBLOCK_HEADER + i * size`. `None` when no small class fits.
 pub fn class_of_aligned(size: usize, align: usize) -> Option<usize> {
     let want = if size < align { align } else { size };
-    if want > MAX_SMALL_SIZE {
+    if want > MAX_MEDIUM_SIZE {
         return None;
     }
     let mut c = class_of(want);
@@ -80,7 +103,7 @@ mod tests {
 
     #[test]
     fn every_size_maps_to_the_smallest_fitting_class() {
-        for n in 0..=MAX_SMALL_SIZE {
+        for n in 0..=MAX_MEDIUM_SIZE {
             let c = class_of(n);
             assert!(class_size(c) >= n, "size {n} class {c}");
             if c > 0 {
@@ -111,6 +134,8 @@ mod tests {
                 assert!(class_size(c) >= size && class_size(c) % align == 0);
             }
         }
-        assert_eq!(class_of_aligned(MAX_SMALL_SIZE + 1, 16), None);
+        assert_eq!(class_of_aligned(MAX_MEDIUM_SIZE + 1, 16), None);
+        assert_eq!(kind_of(class_of(MAX_SMALL_SIZE)), 0);
+        assert_eq!(kind_of(class_of(MAX_SMALL_SIZE + 1)), 1);
     }
 }

@@ -1,4 +1,5 @@
-//! Synchronisation that never allocates: a futex mutex and a one-time initialiser.
+//! Synchronisation that never allocates: a futex mutex, a spin-then-yield lock, and a one-time
+//! initialiser.
 //!
 //! Both are plain atomics plus the `futex(2)` system call, so they can be used from inside `malloc`,
 //! before `main`, and from any thread. Neither is re-entrant: an initialiser that calls back into the
@@ -49,6 +50,27 @@ unsafe impl<T: Send> Send for Mutex<T> {}
 /// Access to the value of a locked [`Mutex`]; unlocks when dropped.
 pub struct MutexGuard<'a, T> {
     lock: &'a Mutex<T>,
+    /// False when the process had a single thread and the lock was not taken (see [`single_threaded`]).
+    locked: bool,
+}
+
+extern "C" {
+    /// glibc (2.32 and later): non-zero while the process has only ever had one thread; cleared by
+    /// `pthread_create` before a second thread exists, and never set again by glibc 2.36.
+    static __libc_single_threaded: core::ffi::c_char;
+}
+
+/// True while the process has a single thread, so that no lock is needed: no other thread can exist
+/// until this one creates it, which it cannot do from inside our critical sections.
+#[inline(always)]
+pub fn single_threaded() -> bool {
+    // SAFETY: glibc defines the byte for the life of the process; we read it as an atomic byte.
+    // Relaxed: when it reads 1 no other thread exists, so there is nothing to order with; once a
+    // second thread exists it reads 0 in every thread and the locks order everything.
+    let flag = unsafe {
+        (*(core::ptr::addr_of!(__libc_single_threaded) as *const core::sync::atomic::AtomicU8)).load(Ordering::Relaxed)
+    };
+    flag != 0
 }
 
 impl<T> Mutex<T> {
@@ -57,14 +79,18 @@ impl<T> Mutex<T> {
         Mutex { state: AtomicU32::new(UNLOCKED), value: UnsafeCell::new(value) }
     }
 
-    /// Takes the lock, waiting as long as needed.
+    /// Takes the lock, waiting as long as needed. While the process has a single thread, nothing is
+    /// taken (no atomic operation at all): see [`single_threaded`].
     #[inline]
     pub fn lock(&self) -> MutexGuard<'_, T> {
+        if single_threaded() {
+            return MutexGuard { lock: self, locked: false };
+        }
         // Acquire pairs with the Release store in `unlock`: what the previous holder wrote is visible.
         if self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_err() {
             self.lock_contended();
         }
-        MutexGuard { lock: self }
+        MutexGuard { lock: self, locked: true }
     }
 
     /// Takes the lock if it is free right now.
@@ -74,7 +100,7 @@ impl<T> Mutex<T> {
         self.state
             .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| MutexGuard { lock: self })
+            .map(|_| MutexGuard { lock: self, locked: true })
     }
 
     #[cold]
@@ -135,7 +161,9 @@ impl<T> DerefMut for MutexGuard<'_, T> {
 
 impl<T> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
-        self.lock.unlock();
+        if self.locked {
+            self.lock.unlock();
+        }
     }
 }
 
@@ -206,6 +234,115 @@ impl Default for Once {
     }
 }
 
+impl<T> Mutex<T> {
+    /// Takes the lock and keeps it with no guard (for `pthread_atfork` prepare handlers, which cannot
+    /// hand a guard to the parent and child handlers).
+    pub fn lock_forever(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken with [`Mutex::lock_forever`].
+    ///
+    /// # Safety
+    /// The calling thread took the lock with `lock_forever` (or, in a child right after `fork()`, the
+    /// thread that took it no longer exists) and holds no reference into the protected value.
+    pub unsafe fn unlock_forgotten(&self) {
+        self.unlock();
+    }
+}
+
+/// A spin-then-yield lock for very short critical sections: one compare-exchange to take it and a plain
+/// release store to give it back (no read-modify-write on unlock, unlike [`Mutex`], whose unlock must
+/// learn whether to wake a sleeper). A waiter spins briefly, then yields the CPU, so a holder that was
+/// preempted gets to run. Never allocates.
+pub struct SpinLock<T> {
+    locked: AtomicU32,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: as for Mutex: one thread at a time gets access to `value`.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+// SAFETY: the lock owns its T.
+unsafe impl<T: Send> Send for SpinLock<T> {}
+
+/// Access to the value of a locked [`SpinLock`]; unlocks when dropped.
+pub struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+}
+
+impl<T> SpinLock<T> {
+    /// A new, unlocked lock.
+    pub const fn new(value: T) -> Self {
+        SpinLock { locked: AtomicU32::new(0), value: UnsafeCell::new(value) }
+    }
+
+    /// Takes the lock, waiting as long as needed.
+    #[inline]
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        // Acquire pairs with the Release store in `unlock`.
+        if self.locked.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            self.lock_contended();
+        }
+        SpinGuard { lock: self }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
+        let mut spins = 0u32;
+        loop {
+            // Relaxed peek; the Acquire compare-exchange does the pairing.
+            if self.locked.load(Ordering::Relaxed) == 0
+                && self.locked.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                return;
+            }
+            if spins < 64 {
+                spins += 1;
+                core::hint::spin_loop();
+            } else {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
+    }
+
+    fn unlock(&self) {
+        // Release pairs with the Acquire of the next `lock`.
+        self.locked.store(0, Ordering::Release);
+    }
+
+    /// Puts the lock back to unlocked.
+    ///
+    /// # Safety
+    /// Only for a child process right after `fork()`, or for the thread that holds the lock through a
+    /// forgotten guard; the caller restores whatever invariant the protected value needs.
+    pub unsafe fn force_unlock_after_fork(&self) {
+        self.unlock();
+    }
+}
+
+impl<T> Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard exists only while this thread holds the lock.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard exists only while this thread holds the lock, so the access is unique.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.unlock();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +372,28 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(*m.lock(), threads * per);
+    }
+
+    #[test]
+    fn spinlock_excludes_under_contention() {
+        let m = Arc::new(SpinLock::new(0u64));
+        let hs: Vec<_> = (0..8)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let mut g = m.lock();
+                        let v = *g;
+                        std::hint::black_box(&v);
+                        *g = v + 1;
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(*m.lock(), 8 * 20_000);
     }
 
     #[test]
@@ -268,22 +427,5 @@ mod tests {
         }
         assert!(once.is_completed());
         assert_eq!(runs.load(Ordering::SeqCst), 1);
-    }
-}
-
-impl<T> Mutex<T> {
-    /// Takes the lock and keeps it with no guard (for `pthread_atfork` prepare handlers, which cannot
-    /// hand a guard to the parent and child handlers).
-    pub fn lock_forever(&self) {
-        core::mem::forget(self.lock());
-    }
-
-    /// Releases a lock taken with [`Mutex::lock_forever`].
-    ///
-    /// # Safety
-    /// The calling thread took the lock with `lock_forever` (or, in a child right after `fork()`, the
-    /// thread that took it no longer exists) and holds no reference into the protected value.
-    pub unsafe fn unlock_forgotten(&self) {
-        self.unlock();
     }
 }

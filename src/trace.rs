@@ -118,6 +118,7 @@ struct Encoder {
 impl Encoder {
     /// Appends one record to `buf` at `pos`; `buf` has at least [`TRACE_MAX_RECORD`] bytes free.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn encode(&mut self, buf: &mut [u8], pos: &mut usize, op: Op, thread: u32, result: usize, old: usize, size: usize, align: usize) {
         let mut tag = op as u8;
         if thread != self.last_thread {

@@ -32,7 +32,9 @@ fn malloc_impl(size: usize) -> *mut c_void {
 
 #[inline(always)]
 fn free_impl(p: *mut c_void, func: &str) {
-    hoard::free(p.cast(), func, true)
+    // SAFETY: the C contract of free: p is NULL or a live block from this allocator. A pointer it never
+    // returned is detected (address map, block grid) and aborts naming `func`.
+    unsafe { hoard::free(p.cast(), func, true) }
 }
 
 fn calloc_impl(n: usize, size: usize) -> *mut c_void {
@@ -82,9 +84,10 @@ fn reallocarray_impl(p: *mut c_void, n: usize, size: usize, func: &str) -> *mut 
 }
 
 fn realloc_impl(p: *mut c_void, size: usize, func: &str) -> *mut c_void {
-    let q = hoard::realloc(p.cast(), size, func);
+    // SAFETY: the C contract of realloc, checked as for free.
+    let q = unsafe { hoard::realloc(p.cast(), size, func) };
     trace::record(Op::Realloc, q, p.cast(), size, 0);
-    if q.is_null() && !(size == 0 && !p.is_null()) {
+    if q.is_null() && (size != 0 || p.is_null()) {
         set_errno(libc::ENOMEM);
     }
     q.cast()
@@ -105,7 +108,8 @@ fn free_sized_impl(p: *mut c_void, align: usize, size: usize, func: &str) {
     if p.is_null() {
         return;
     }
-    let usable = hoard::usable_size(p.cast(), func);
+    // SAFETY: the C contract of free_sized, checked as for free.
+    let usable = unsafe { hoard::usable_size(p.cast(), func) };
     if size > usable || (align != 0 && (p as usize) % align != 0) {
         crate::diag::invalid_pointer(func, p.cast(), "size or alignment does not match the block");
     }
@@ -195,7 +199,8 @@ pub extern "C" fn rallocs_pvalloc(size: usize) -> *mut c_void {
 /// invalid `p` aborts as in `rallocs_free`. Thread-safe.
 #[no_mangle]
 pub extern "C" fn rallocs_malloc_usable_size(p: *mut c_void) -> usize {
-    hoard::usable_size(p.cast(), "rallocs_malloc_usable_size")
+    // SAFETY: the C contract: p is NULL or a live block; a foreign pointer is detected and aborts.
+    unsafe { hoard::usable_size(p.cast(), "rallocs_malloc_usable_size") }
 }
 
 /// C23 `free_sized`: frees `p`, which was allocated with `size` bytes. A `size` larger than the block
@@ -295,7 +300,8 @@ mod standard {
     }
     #[no_mangle]
     pub extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
-        hoard::usable_size(p.cast(), "malloc_usable_size")
+        // SAFETY: as in rallocs_malloc_usable_size.
+        unsafe { hoard::usable_size(p.cast(), "malloc_usable_size") }
     }
     #[no_mangle]
     pub extern "C" fn free_sized(p: *mut c_void, size: usize) {

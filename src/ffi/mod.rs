@@ -5,7 +5,9 @@
 //! and the pointer). C-visible types and constants live in [`types`], so that the ABI check (`systest/`)
 //! can compare them with `include/rallocs.h`.
 
+pub mod bimp;
 pub mod malloc;
-pub mod types;
 pub mod region;
+pub mod rm;
+pub mod types;
 pub mod version;

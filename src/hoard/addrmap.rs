@@ -5,8 +5,9 @@
 //! heap. Two levels: a static top table indexed by `addr >> 32` (one entry per 4 GiB), pointing to a leaf
 //! of one byte per 64 KiB chunk (64 KiB per leaf), mapped on first use and never freed.
 //!
-//! Invariant: `kind(c) == SUPERBLOCK` exactly while chunk `c` holds a superblock header written by us;
-//! `kind(c) == LARGE` exactly while a live large span starts at `c`.
+//! Invariant: `kind(c) == SUPERBLOCK` exactly while chunk `c` holds a small superblock header written
+//! by us; `kind(c) == MEDIUM | k` for each chunk `k` of a medium superblock of ours; `kind(c) == LARGE`
+//! exactly while a live large span starts at `c`.
 
 use crate::config::SUPERBLOCK_SHIFT;
 use crate::os;
@@ -18,6 +19,8 @@ pub const NONE: u8 = 0;
 pub const SUPERBLOCK: u8 = 1;
 /// The chunk starts a large span.
 pub const LARGE: u8 = 2;
+/// `MEDIUM | k`: the chunk lies in a medium superblock that starts `k` chunks before it (k < 16).
+pub const MEDIUM: u8 = 0x10;
 
 const ADDR_BITS: u32 = 48;
 const TOP_SHIFT: u32 = 32;

@@ -14,6 +14,7 @@ use super::list::List;
 use super::superblock::{Place, Superblock, GLOBAL_OWNER};
 use super::thread;
 use crate::config::{PAGE_SIZE, SEGMENT_SIZE, SUPERBLOCK_SIZE};
+use crate::size_class::{kind_of, KINDS, SUPERBLOCK_BYTES};
 use crate::os;
 use crate::size_class::NCLASSES;
 use crate::sync::{Mutex, Once};
@@ -22,10 +23,13 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 struct Global {
     partial: [List; NCLASSES],
-    empty: List,
-    purged: List,
-    seg_cur: usize,
-    seg_end: usize,
+    /// Empty superblocks of each kind, newest first.
+    empty: [List; KINDS],
+    /// Empty superblocks whose data pages went back to the OS, of each kind.
+    purged: [List; KINDS],
+    /// The segment being carved, per kind.
+    seg_cur: [usize; KINDS],
+    seg_end: [usize; KINDS],
     meta_cur: usize,
     meta_end: usize,
     all_heaps: *mut Heap,
@@ -37,10 +41,10 @@ unsafe impl Send for Global {}
 
 static GLOBAL: Mutex<Global> = Mutex::new(Global {
     partial: [const { List::new() }; NCLASSES],
-    empty: List::new(),
-    purged: List::new(),
-    seg_cur: 0,
-    seg_end: 0,
+    empty: [const { List::new() }; KINDS],
+    purged: [const { List::new() }; KINDS],
+    seg_cur: [0; KINDS],
+    seg_end: [0; KINDS],
     meta_cur: 0,
     meta_end: 0,
     all_heaps: ptr::null_mut(),
@@ -70,6 +74,8 @@ pub struct GlobalStats {
     pub remote_frees_no_heap: AtomicU64,
     /// Bytes of those.
     pub remote_bytes_no_heap: AtomicU64,
+    /// Bytes of remote frees collected into global superblocks by `sweep`.
+    pub collected_by_sweep: AtomicU64,
 }
 
 /// The process-wide counters.
@@ -83,6 +89,7 @@ pub static STATS: GlobalStats = GlobalStats {
     trims: AtomicU64::new(0),
     remote_frees_no_heap: AtomicU64::new(0),
     remote_bytes_no_heap: AtomicU64::new(0),
+    collected_by_sweep: AtomicU64::new(0),
 };
 
 /// Adds to the committed bytes and raises the peak.
@@ -243,7 +250,10 @@ pub fn heap_for_thread() -> *mut Heap {
 }
 
 /// Returns an abandoned heap (all superblocks already given back) to the free list.
-pub fn recycle_heap(h: *mut Heap) {
+///
+/// # Safety
+/// `h` is a heap of ours that no thread uses any more and that holds no superblock.
+pub unsafe fn recycle_heap(h: *mut Heap) {
     let mut g = GLOBAL.lock();
     // SAFETY: h is a heap nobody uses any more.
     unsafe {
@@ -269,23 +279,34 @@ fn alloc_meta(g: &mut Global, size: usize) -> Option<*mut u8> {
     Some(p)
 }
 
-fn new_superblock(g: &mut Global) -> *mut Superblock {
-    if g.seg_cur == g.seg_end {
+fn new_superblock(g: &mut Global, kind: usize) -> *mut Superblock {
+    let size = SUPERBLOCK_BYTES[kind];
+    if g.seg_cur[kind] == g.seg_end[kind] {
         let seg = match os::map(SEGMENT_SIZE, SUPERBLOCK_SIZE) {
             Ok(p) => p.as_ptr() as usize,
             Err(_) => return ptr::null_mut(),
         };
         // Relaxed: statistics.
         STATS.reserved.fetch_add(SEGMENT_SIZE, Ordering::Relaxed);
-        g.seg_cur = seg;
-        g.seg_end = seg + SEGMENT_SIZE;
+        g.seg_cur[kind] = seg;
+        g.seg_end[kind] = seg + SEGMENT_SIZE;
     }
-    let sb = g.seg_cur;
-    if addrmap::set(sb, addrmap::SUPERBLOCK).is_err() {
-        return ptr::null_mut();
+    let sb = g.seg_cur[kind];
+    // A small superblock is one chunk of the address map; a medium one is 16, each saying how far back
+    // its start is.
+    let chunks = size / SUPERBLOCK_SIZE;
+    for i in 0..chunks {
+        let k = if kind == 0 { addrmap::SUPERBLOCK } else { addrmap::MEDIUM | i as u8 };
+        if addrmap::set(sb + i * SUPERBLOCK_SIZE, k).is_err() {
+            for j in 0..i {
+                let _ = addrmap::set(sb + j * SUPERBLOCK_SIZE, addrmap::NONE);
+            }
+            return ptr::null_mut();
+        }
     }
-    g.seg_cur += SUPERBLOCK_SIZE;
-    commit_add(SUPERBLOCK_SIZE);
+    g.seg_cur[kind] += size;
+    // Only the header page counts as committed until carving reaches more pages.
+    commit_add(PAGE_SIZE);
     // Relaxed: statistics.
     STATS.total_superblocks.fetch_add(1, Ordering::Relaxed);
     sb as *mut Superblock
@@ -297,23 +318,29 @@ fn purge(g: &mut Global, all: bool) -> usize {
     let delay = crate::options::PURGE_DELAY_MS.get();
     let now = if all || delay == 0 { u64::MAX } else { now_ms() };
     let mut released = 0;
-    loop {
-        let sb = g.empty.tail;
-        // SAFETY: nodes of the global lists are valid superblocks owned by the global heap.
-        if sb.is_null() || (!all && delay != 0 && now.saturating_sub(unsafe { (*sb).empty_since_ms }) < delay) {
-            break;
+    for kind in 0..KINDS {
+        let data_len = SUPERBLOCK_BYTES[kind] - PAGE_SIZE;
+        loop {
+            let sb = g.empty[kind].tail;
+            // SAFETY: nodes of the global lists are valid superblocks owned by the global heap.
+            if sb.is_null() || (!all && delay != 0 && now.saturating_sub(unsafe { (*sb).empty_since_ms }) < delay) {
+                break;
+            }
+            g.empty[kind].pop_back();
+            let data = sb as usize + PAGE_SIZE;
+            // SAFETY: the superblock is empty and owned by the global heap: its data pages are dead.
+            if unsafe { os::reset(NonNull::new_unchecked(data as *mut u8), data_len) }.is_ok() {
+                // SAFETY: as above.
+                let r = unsafe { &mut *sb };
+                r.purged = true;
+                let freed = r.touched as usize - PAGE_SIZE;
+                r.touched = PAGE_SIZE as u32;
+                commit_sub(freed);
+                released += freed;
+            }
+            // SAFETY: sb is detached.
+            unsafe { g.purged[kind].push_front(sb) };
         }
-        g.empty.pop_back();
-        let data = sb as usize + PAGE_SIZE;
-        // SAFETY: the superblock is empty and owned by the global heap: its data pages are dead.
-        if unsafe { os::reset(NonNull::new_unchecked(data as *mut u8), SUPERBLOCK_SIZE - PAGE_SIZE) }.is_ok() {
-            // SAFETY: as above.
-            unsafe { (*sb).purged = true };
-            commit_sub(SUPERBLOCK_SIZE - PAGE_SIZE);
-            released += SUPERBLOCK_SIZE - PAGE_SIZE;
-        }
-        // SAFETY: sb is detached.
-        unsafe { g.purged.push_front(sb) };
     }
     released
 }
@@ -332,36 +359,38 @@ pub fn take(c: usize, owner: *mut Heap) -> *mut Superblock {
         unsafe { (*sb).place = Place::Detached };
         return sb;
     }
-    let mut purged = false;
-    let mut sb = g.empty.pop_front();
-    if sb.is_null() && g.purged.is_empty() && sweep(&mut g) != 0 {
-        sb = g.empty.pop_front();
+    let kind = kind_of(c);
+    let mut sb = g.empty[kind].pop_front();
+    if sb.is_null() && g.purged[kind].is_empty() && sweep(&mut g) != 0 {
+        sb = g.empty[kind].pop_front();
     }
     if sb.is_null() {
-        sb = g.purged.pop_front();
-        purged = !sb.is_null();
+        sb = g.purged[kind].pop_front();
     }
-    if !sb.is_null() {
+    let touched = if !sb.is_null() {
         // Relaxed: statistics.
         STATS.global_superblocks.fetch_sub(1, Ordering::Relaxed);
-        if purged {
-            commit_add(SUPERBLOCK_SIZE - PAGE_SIZE);
-        }
+        // SAFETY: an empty superblock of ours, off every list.
+        unsafe { (*sb).touched }
     } else {
-        sb = new_superblock(&mut g);
+        sb = new_superblock(&mut g, kind);
         if sb.is_null() {
             return sb;
         }
-    }
-    // SAFETY: an empty superblock nobody else can reach (off every list). Its pages are committed
-    // again (a purged one was counted back above).
-    unsafe { Superblock::init(sb, c, GLOBAL_OWNER, false) };
+        PAGE_SIZE as u32
+    };
+    // SAFETY: an empty superblock nobody else can reach (off every list); its resident pages stay
+    // counted through `touched`.
+    unsafe { Superblock::init(sb, c, GLOBAL_OWNER, touched) };
     let _ = owner;
     sb
 }
 
 /// Receives a superblock from a thread heap (which already took it off its lists and its accounts).
-pub fn give(sb: *mut Superblock) {
+///
+/// # Safety
+/// `sb` is a superblock of ours that the calling heap owned, off all its lists; the caller gives it up.
+pub unsafe fn give(sb: *mut Superblock) {
     let mut g = GLOBAL.lock();
     // SAFETY: the heap handed sb over; under the lock, we are its only user.
     let r = unsafe { &mut *sb };
@@ -374,7 +403,7 @@ pub fn give(sb: *mut Superblock) {
         if r.used == 0 {
             r.place = Place::GlobalEmpty;
             r.empty_since_ms = now_ms();
-            g.empty.push_front(sb);
+            g.empty[kind_of(r.class as usize)].push_front(sb);
         } else {
             r.place = Place::GlobalPartial;
             g.partial[r.class as usize].push_front(sb);
@@ -396,14 +425,16 @@ fn sweep(g: &mut Global) -> usize {
             // SAFETY: nodes of the global lists are superblocks the global heap owns; we hold its lock.
             let r = unsafe { &mut *sb };
             let next = r.next;
-            r.collect_remote();
+            let n = r.collect_remote();
+            // Relaxed: statistics (the bytes leave the remote-free accounts here, as in Heap::collect).
+            STATS.collected_by_sweep.fetch_add(n as u64 * r.block_size as u64, Ordering::Relaxed);
             if r.used == 0 {
                 // SAFETY: sb is on partial[c].
                 unsafe { g.partial[c].remove(sb) };
                 r.place = Place::GlobalEmpty;
                 r.empty_since_ms = now;
                 // SAFETY: sb is detached.
-                unsafe { g.empty.push_front(sb) };
+                unsafe { g.empty[kind_of(c)].push_front(sb) };
                 emptied += 1;
             }
             sb = next;
@@ -441,6 +472,7 @@ pub fn sum_heaps() -> (usize, u64, u64, u64) {
     // Relaxed: statistics.
     remote += STATS.remote_frees_no_heap.load(Ordering::Relaxed);
     remote_bytes += STATS.remote_bytes_no_heap.load(Ordering::Relaxed);
+    collected += STATS.collected_by_sweep.load(Ordering::Relaxed);
     // Blocks freed remotely but not yet collected still count in their owner's `in_use`; blocks in
     // global superblocks are not in any heap's `in_use`.
     let mut global_live = 0usize;
@@ -462,6 +494,8 @@ pub fn check() {
             assert_eq!(r.owner.load(Ordering::Relaxed), GLOBAL_OWNER);
         });
     }
-    g.empty.check(|r| assert!(r.used == 0 && r.place == Place::GlobalEmpty && !r.purged));
-    g.purged.check(|r| assert!(r.used == 0 && r.purged));
+    for k in 0..KINDS {
+        g.empty[k].check(|r| assert!(r.used == 0 && r.place == Place::GlobalEmpty && !r.purged));
+        g.purged[k].check(|r| assert!(r.used == 0 && r.purged));
+    }
 }

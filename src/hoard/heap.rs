@@ -1,7 +1,8 @@
 //! Thread heaps: each thread allocates from its own heap with no lock and no atomic read-modify-write.
 //!
 //! A heap holds, per size class, a *current* superblock (allocation pops its free list), partial
-//! superblocks in fullness bins (the fullest is taken first), and full superblocks; plus a few empty
+//! superblocks in fullness bins (the fullest is taken first; a superblock's bin is set when it enters
+//! a partial list and not moved by later frees, which only make it emptier), and full superblocks; plus a few empty
 //! superblocks of any class. `u` (`in_use`) is the bytes of blocks handed out from the heap's
 //! superblocks, `a` (`held`) the bytes of superblocks it holds.
 //!
@@ -22,9 +23,10 @@ use super::list::List;
 use super::superblock::{self, Block, Place, Superblock};
 use super::thread;
 use crate::config::{
-    EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP, SUPERBLOCK_SIZE,
+    EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_REFILL_FRACTION_INV, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP,
+    SUPERBLOCK_SIZE,
 };
-use crate::size_class::NCLASSES;
+use crate::size_class::{kind_of, KINDS, NCLASSES};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -79,7 +81,8 @@ pub struct Heap {
     pub held: AtomicUsize,
     partial: [[List; FULLNESS_BINS]; NCLASSES],
     full: [List; NCLASSES],
-    empty: List,
+    /// Empty superblocks of each kind (small, medium), any class.
+    empty: [List; KINDS],
     /// Statistics.
     pub stats: HeapStats,
     /// Next heap on the global list of all heaps (global lock).
@@ -134,8 +137,10 @@ impl Heap {
         let bin = Self::bin_of(r);
         r.place = Place::Partial;
         r.bin = bin as u8;
-        // Free into the slow path when used falls below the bin's lower bound (bin 0: when it empties).
-        r.rebin_below = ((bin * r.capacity as usize / FULLNESS_BINS) as u32).max(1);
+        // The bin is assigned here, when the superblock leaves the current slot or the full list, and
+        // not updated by later frees (a superblock on a partial list only gets emptier, so its bin
+        // overstates its fullness): frees take the slow path only when it empties.
+        r.rebin_below = 1;
         // SAFETY: sb is detached and ours.
         unsafe { self.partial[r.class as usize][bin].push_front(sb) };
         self.recompute_threshold();
@@ -145,8 +150,10 @@ impl Heap {
         // SAFETY: the caller passes a superblock this heap owns.
         let r = unsafe { &mut *sb };
         r.place = Place::Full;
-        // The first local free moves it back to a partial bin.
-        r.rebin_below = r.capacity;
+        // It moves back to a partial bin once an eighth of it is free (at least one block), so that when
+        // it becomes current again it serves a run of allocations: under random frees, moving it back at
+        // the first free would make superblocks cycle current -> full -> partial every few allocations.
+        r.rebin_below = r.capacity - (r.capacity / FULL_REFILL_FRACTION_INV).max(1) + 1;
         // SAFETY: sb is detached and ours.
         unsafe { self.full[r.class as usize].push_back(sb) };
     }
@@ -157,7 +164,7 @@ impl Heap {
         r.place = Place::Empty;
         r.rebin_below = 0;
         // SAFETY: sb is detached and ours.
-        unsafe { self.empty.push_front(sb) };
+        unsafe { self.empty[kind_of(r.class as usize)].push_front(sb) };
         self.recompute_threshold();
     }
 
@@ -170,7 +177,7 @@ impl Heap {
             match r.place {
                 Place::Partial => self.partial[c][r.bin as usize].remove(sb),
                 Place::Full => self.full[c].remove(sb),
-                Place::Empty => self.empty.remove(sb),
+                Place::Empty => self.empty[kind_of(c)].remove(sb),
                 Place::Current => self.cur[c] = superblock::none(),
                 _ => {}
             }
@@ -179,14 +186,14 @@ impl Heap {
     }
 
     /// Takes ownership of a superblock that nobody owns (fresh, or from the global heap).
-    pub fn adopt(&mut self, sb: *mut Superblock) {
+    fn adopt(&mut self, sb: *mut Superblock) {
         let me: *mut Heap = self;
         // SAFETY: the global heap handed sb over under its lock: nobody else uses its owner fields.
         let r = unsafe { &mut *sb };
         // Relaxed: the global lock (Release on unlock) orders the header writes before our use; other
         // threads only compare `owner` with their own heap, which they never see here unless it is theirs.
         r.owner.store(me, Ordering::Relaxed);
-        add_usize(&self.held, SUPERBLOCK_SIZE);
+        add_usize(&self.held, r.size());
         add_usize(&self.in_use, r.used as usize * r.block_size as usize);
         self.collect(r);
         self.recompute_threshold();
@@ -207,17 +214,21 @@ impl Heap {
     fn release(&mut self, sb: *mut Superblock) {
         // SAFETY: sb is ours and detached.
         let r = unsafe { &mut *sb };
-        sub_usize(&self.held, SUPERBLOCK_SIZE);
+        sub_usize(&self.held, r.size());
         sub_usize(&self.in_use, r.used as usize * r.block_size as usize);
         self.recompute_threshold();
-        global::give(sb);
+        // SAFETY: sb was ours, is detached, and is off our accounts.
+        unsafe { global::give(sb) };
     }
 
     /// Restores the emptiness invariant: while `u < a - K*S` and `u < (1-f) a`, move a superblock that
     /// is at least f empty (an empty one first, then the emptiest partial ones) to the global heap.
     fn enforce_emptiness(&mut self) {
         while self.in_use.load(Ordering::Relaxed) < self.release_below {
-            let mut victim = self.empty.pop_back();
+            let mut victim = self.empty[0].pop_back();
+            if victim.is_null() {
+                victim = self.empty[1].pop_back();
+            }
             if victim.is_null() {
                 // Partial bins below 1 - f full, emptiest first.
                 let max_bin = FULLNESS_BINS - FULLNESS_BINS / EMPTY_FRACTION_INV;
@@ -228,6 +239,23 @@ impl Heap {
                             victim = sb;
                             break 'search;
                         }
+                    }
+                }
+            }
+            if victim.is_null() {
+                // Bins are assigned lazily: a superblock in the fullest bin may have emptied since.
+                'scan: for c in 0..NCLASSES {
+                    let mut sb = self.partial[c][FULLNESS_BINS - 1].head;
+                    while !sb.is_null() {
+                        // SAFETY: nodes of our lists are our superblocks.
+                        let r = unsafe { &*sb };
+                        if (r.used as usize) * EMPTY_FRACTION_INV <= r.capacity as usize * (EMPTY_FRACTION_INV - 1) {
+                            // SAFETY: sb is on this list.
+                            unsafe { self.partial[c][FULLNESS_BINS - 1].remove(sb) };
+                            victim = sb;
+                            break 'scan;
+                        }
+                        sb = r.next;
                     }
                 }
             }
@@ -278,11 +306,11 @@ impl Heap {
         }
         // 3. One of our empty superblocks, re-formatted for this class.
         let me: *mut Heap = self;
-        let sb = self.empty.pop_front();
+        let sb = self.empty[kind_of(c)].pop_front();
         if !sb.is_null() {
             // SAFETY: an empty superblock we own: no live blocks, no remote frees pending (it was
             // empty when it got here and only we allocate from it).
-            unsafe { Superblock::init(sb, c, me, (*sb).purged) };
+            unsafe { Superblock::init(sb, c, me, (*sb).touched) };
             return sb;
         }
         // 4. The global heap: a partial superblock of this class, an empty one, or a new one. A
@@ -312,7 +340,7 @@ impl Heap {
             assert_eq!(r.place, place, "place");
             r.check();
             u += r.used as usize * r.block_size as usize;
-            held += SUPERBLOCK_SIZE;
+            held += r.size();
         };
         for c in 0..NCLASSES {
             if self.cur[c] != superblock::none() {
@@ -330,10 +358,13 @@ impl Heap {
             }
             self.full[c].check(|r| visit(r, Place::Full));
         }
-        self.empty.check(|r| {
-            assert_eq!(r.used, 0, "empty superblock has live blocks");
-            visit(r, Place::Empty)
-        });
+        for (k, list) in self.empty.iter().enumerate() {
+            list.check(|r| {
+                assert_eq!(r.used, 0, "empty superblock has live blocks");
+                assert_eq!(kind_of(r.class as usize), k, "empty superblock on the list of its kind");
+                visit(r, Place::Empty)
+            });
+        }
         assert_eq!(u, self.in_use.load(Ordering::Relaxed), "u equals the sum of used blocks");
         assert_eq!(held, self.held.load(Ordering::Relaxed), "a equals the superblocks held");
     }
@@ -412,7 +443,7 @@ pub unsafe fn alloc_slow(h: *mut Heap, c: usize) -> *mut u8 {
 /// # Safety
 /// `p` is a live block of `sb` (checked by the caller), and is given up.
 #[inline(always)]
-pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool) {
+pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool, func: &str) {
     let h = thread::current();
     let b = p.cast::<Block>();
     // SAFETY: sb is a superblock of ours (address map) and p a live block of it (caller).
@@ -421,10 +452,10 @@ pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool) {
         // The owner is never null (GLOBAL_OWNER in the global heap), so a thread without a heap (h
         // null, or tracing) never takes the local path here.
         if (*sb).owner.load(Ordering::Relaxed) == h {
-            free_local(h, sb, b);
+            free_local(h, sb, b, func);
             return;
         }
-        free_other(sb, b, record);
+        free_other(sb, b, record, func);
     }
 }
 
@@ -434,10 +465,15 @@ pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool) {
 /// # Safety
 /// `h` is the calling thread's heap and owns `sb`; `b` is a live block of `sb`, given up.
 #[inline(always)]
-unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block) {
+unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block, func: &str) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        (*b).next = (*sb).free;
+        let head = (*sb).free;
+        // A block freed twice in a row is still the head of its list: caught for one comparison.
+        if head == b {
+            double_free(func, b);
+        }
+        (*b).next = head;
         (*sb).free = b;
         (*sb).used -= 1;
         sub_usize(&(*h).in_use, (*sb).block_size as usize);
@@ -454,7 +490,7 @@ unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block) {
 /// # Safety
 /// As for [`free`].
 #[inline(never)]
-unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool) {
+unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool, func: &str) {
     if record {
         crate::trace::record(crate::trace::Op::Free, ptr::null_mut(), b.cast(), 0, 0);
     }
@@ -463,12 +499,14 @@ unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool) {
     unsafe {
         // Relaxed: as in `free`.
         if !h.is_null() && (*sb).owner.load(Ordering::Relaxed) == h {
-            free_local(h, sb, b);
+            free_local(h, sb, b, func);
             return;
         }
         let h = thread::any();
         let size = (*sb).block_size as u64;
-        (*sb).push_remote(b);
+        if !(*sb).push_remote(b) {
+            double_free(func, b);
+        }
         if h.is_null() {
             global::count_remote_free(size);
         } else {
@@ -476,6 +514,12 @@ unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool) {
             (*h).stats.remote_freed_bytes.add(size);
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn double_free(func: &str, b: *mut Block) -> ! {
+    crate::diag::invalid_pointer(func, b.cast(), "double free: the block is already free")
 }
 
 /// The local free slow path: moves the superblock between fullness groups (full -> partial, bin
@@ -492,8 +536,9 @@ unsafe fn free_slow(h: *mut Heap, sb: *mut Superblock) {
         heap.detach(sb);
         if r.used == 0 {
             heap.put_empty(sb);
-            if heap.empty.len > HEAP_EMPTY_KEEP {
-                let old = heap.empty.pop_back();
+            let k = kind_of(r.class as usize);
+            if heap.empty[k].len > HEAP_EMPTY_KEEP[k] {
+                let old = heap.empty[k].pop_back();
                 // SAFETY: old was just taken off our empty list.
                 unsafe { (*old).place = Place::Detached };
                 heap.release(old);
@@ -538,14 +583,17 @@ pub unsafe fn abandon(h: *mut Heap) {
             heap.release_collected(sb);
         }
     }
-    loop {
-        let sb = heap.empty.pop_front();
-        if sb.is_null() {
-            break;
+    for k in 0..KINDS {
+        loop {
+            let sb = heap.empty[k].pop_front();
+            if sb.is_null() {
+                break;
+            }
+            heap.release_collected(sb);
         }
-        heap.release_collected(sb);
     }
-    global::recycle_heap(h);
+    // SAFETY: every superblock went to the global heap above; the thread no longer uses h.
+    unsafe { global::recycle_heap(h) };
 }
 
 impl Heap {
@@ -567,12 +615,14 @@ pub fn thread_key() -> libc::pthread_key_t {
 impl Heap {
     /// Gives every empty superblock of this heap to the global heap (for trim).
     pub fn give_back_empty(&mut self) {
-        loop {
-            let sb = self.empty.pop_front();
-            if sb.is_null() {
-                break;
+        for k in 0..KINDS {
+            loop {
+                let sb = self.empty[k].pop_front();
+                if sb.is_null() {
+                    break;
+                }
+                self.release_collected(sb);
             }
-            self.release_collected(sb);
         }
     }
 }

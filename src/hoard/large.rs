@@ -1,4 +1,4 @@
-//! Large blocks (above [`MAX_SMALL_SIZE`]): each is a span mapped on its own, S-aligned, with a header
+//! Large blocks (above `MAX_MEDIUM_SIZE`, 256 KiB): each is a span mapped on its own, S-aligned, with a header
 //! at its start; a small cache keeps recently freed spans mapped so that alloc/free cycles of large
 //! blocks do not call mmap every time. Cached spans older than the purge delay are unmapped.
 //!
@@ -185,8 +185,9 @@ pub fn resize_in_place(span: usize, size: usize) -> bool {
     if need <= h.span_len {
         return true;
     }
-    // Grow to the next span class, so that a block growing step by step asks the kernel O(log n) times.
-    let need = span_class(need, page).unwrap_or(need);
+    // Grow to at least twice the span (address space only: pages not written stay unallocated), so that
+    // a block growing step by step asks the kernel O(log n) times.
+    let need = span_class(need, page).unwrap_or(need).max(h.span_len.saturating_mul(2));
     // SAFETY: the span is one whole mapping of ours (map_base == span, map_len == span_len).
     let ok = unsafe { os::resize_in_place(NonNull::new_unchecked(span as *mut u8), h.map_len, need) }.is_ok();
     if ok {
@@ -215,7 +216,9 @@ pub fn free(span: usize) {
     LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
     LIVE_BYTES.fetch_sub(len - offset, Ordering::Relaxed);
     FREES.fetch_add(1, Ordering::Relaxed);
-    if map_base == span && offset < SUPERBLOCK_SIZE && put_cached(span, len) {
+    // With a purge delay of 0 nothing is kept: the span goes back at once.
+    let keep = crate::options::PURGE_DELAY_MS.get() != 0;
+    if keep && map_base == span && offset < SUPERBLOCK_SIZE && put_cached(span, len) {
         return;
     }
     // SAFETY: the block is dead and the mapping is ours.
@@ -311,6 +314,18 @@ pub fn trim() -> usize {
     expire(&mut c, 0, true)
 }
 
+/// Walks the cache's invariants (tests).
+pub fn check() {
+    let c = CACHE.lock();
+    let mut bytes = 0;
+    for e in &c.entries[..c.n] {
+        assert_eq!(e.span % SUPERBLOCK_SIZE, 0);
+        assert_eq!(addrmap::kind(e.span), addrmap::NONE, "a cached span is not live");
+        bytes += e.len;
+    }
+    assert_eq!(bytes, c.bytes);
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -327,16 +342,4 @@ mod tests {
         }
         assert_eq!(super::span_class(usize::MAX & !(page - 1), page), None);
     }
-}
-
-/// Walks the cache's invariants (tests).
-pub fn check() {
-    let c = CACHE.lock();
-    let mut bytes = 0;
-    for e in &c.entries[..c.n] {
-        assert_eq!(e.span % SUPERBLOCK_SIZE, 0);
-        assert_eq!(addrmap::kind(e.span), addrmap::NONE, "a cached span is not live");
-        bytes += e.len;
-    }
-    assert_eq!(bytes, c.bytes);
 }

@@ -17,6 +17,12 @@ pub struct List {
     pub len: usize,
 }
 
+impl Default for List {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl List {
     /// An empty list.
     pub const fn new() -> Self {

@@ -24,7 +24,7 @@ pub mod list;
 pub mod superblock;
 pub mod thread;
 
-use crate::config::{MAX_SMALL_ALIGN, MAX_SMALL_SIZE, MIN_ALIGN, SUPERBLOCK_SIZE};
+use crate::config::{MAX_MEDIUM_SIZE, MAX_SMALL_ALIGN, MIN_ALIGN, SUPERBLOCK_SIZE};
 use crate::ffi::types::rallocs_stats_t;
 use crate::size_class::{class_of, class_of_aligned, class_size};
 use core::ptr;
@@ -37,7 +37,7 @@ use superblock::Superblock;
 /// happens only on the slow path: while tracing, threads have no heap in the fast slot.
 #[inline(always)]
 pub fn malloc(size: usize, record: bool) -> *mut u8 {
-    if size <= MAX_SMALL_SIZE {
+    if size <= MAX_MEDIUM_SIZE {
         let h = thread::current();
         if !h.is_null() {
             // SAFETY: h is the calling thread's heap.
@@ -50,7 +50,7 @@ pub fn malloc(size: usize, record: bool) -> *mut u8 {
 /// The allocation path for large sizes, for threads without a heap yet, and while tracing.
 #[inline(never)]
 fn malloc_slow(size: usize, record: bool) -> *mut u8 {
-    let p = if size > MAX_SMALL_SIZE {
+    let p = if size > MAX_MEDIUM_SIZE {
         global::ensure_init();
         large::alloc(size, MIN_ALIGN, false)
     } else {
@@ -104,8 +104,19 @@ fn owner_of(p: *mut u8, func: &str) -> Owner {
     owner_of_large(p, func)
 }
 
+/// Medium superblocks and large spans.
 #[inline(never)]
 fn owner_of_large(p: *mut u8, func: &str) -> Owner {
+    let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
+    let kind = addrmap::kind(chunk);
+    if kind & 0xf0 == addrmap::MEDIUM {
+        let sb = (chunk - (kind & 0x0f) as usize * SUPERBLOCK_SIZE) as *mut Superblock;
+        // SAFETY: the address map says a medium superblock of ours starts at `sb`.
+        if unsafe { (*sb).is_block_start(p) } {
+            return Owner::Small(sb);
+        }
+        crate::diag::invalid_pointer(func, p, "not the start of a block");
+    }
     match large::span_of(p) {
         Some(span) => Owner::Large(span),
         None => crate::diag::invalid_pointer(func, p, "not allocated by rallocs"),
@@ -113,15 +124,42 @@ fn owner_of_large(p: *mut u8, func: &str) -> Owner {
 }
 
 /// Frees `p` (NULL: nothing). `func` names the entry point in the abort message for a bad pointer;
-/// `record` as for [`malloc`].
+/// `record` as for [`malloc`]. The fast path handles blocks of small superblocks; medium and large
+/// blocks and bad pointers go to [`free_slow`].
+///
+/// # Safety
+/// `p` is NULL or a block this allocator returned that is still live. A pointer the allocator never
+/// returned is detected and aborts; a block freed twice is not always detected.
 #[inline(always)]
-pub fn free(p: *mut u8, func: &str, record: bool) {
+pub unsafe fn free(p: *mut u8, func: &str, record: bool) {
     if p.is_null() {
         return;
     }
+    let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
+    if addrmap::kind(chunk) == addrmap::SUPERBLOCK {
+        let sb = chunk as *mut Superblock;
+        // SAFETY: the address map says a small superblock header of ours is at `chunk`; the block
+        // check makes `p` one of its blocks (the caller guarantees it is live).
+        unsafe {
+            if (*sb).is_block_start(p) {
+                heap::free(sb, p, record, func);
+                return;
+            }
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { free_slow(p, func, record) }
+}
+
+/// Frees a medium or large block, or aborts for a pointer that is not a block of ours.
+///
+/// # Safety
+/// As for [`free`].
+#[inline(never)]
+unsafe fn free_slow(p: *mut u8, func: &str, record: bool) {
     match owner_of(p, func) {
         // SAFETY: owner_of checked that p is a block start of a superblock of ours.
-        Owner::Small(sb) => unsafe { heap::free(sb, p, record) },
+        Owner::Small(sb) => unsafe { heap::free(sb, p, record, func) },
         Owner::Large(span) => {
             if record {
                 crate::trace::record(crate::trace::Op::Free, ptr::null_mut(), p, 0, 0);
@@ -132,7 +170,10 @@ pub fn free(p: *mut u8, func: &str, record: bool) {
 }
 
 /// Usable size of the live block `p` (0 for NULL).
-pub fn usable_size(p: *mut u8, func: &str) -> usize {
+///
+/// # Safety
+/// As for [`free`]; the block stays live.
+pub unsafe fn usable_size(p: *mut u8, func: &str) -> usize {
     if p.is_null() {
         return 0;
     }
@@ -149,7 +190,7 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
         Some(t) => t,
         None => return ptr::null_mut(),
     };
-    if total > MAX_SMALL_SIZE {
+    if total > MAX_MEDIUM_SIZE {
         global::ensure_init();
         return large::alloc(total, MIN_ALIGN, true);
     }
@@ -164,12 +205,16 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
 /// glibc's realloc: NULL `p` allocates; size 0 frees and returns NULL; otherwise resizes, in place when
 /// the block already fits and is not more than twice the request, else by allocate-copy-free. On
 /// failure returns NULL and leaves `p` untouched.
-pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
+///
+/// # Safety
+/// As for [`free`]: `p` is NULL or a live block of this allocator, which the call takes over.
+pub unsafe fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if p.is_null() {
         return malloc(size, false);
     }
     if size == 0 {
-        free(p, func, false);
+        // SAFETY: the caller passes a live block and gives it up.
+        unsafe { free(p, func, false) };
         return ptr::null_mut();
     }
     let owner = owner_of(p, func);
@@ -181,17 +226,18 @@ pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if size <= old && size > old / 2 {
         return p;
     }
-    // A large block that grows: extend its mapping in place if the kernel can; if it must move, give
-    // it 50% headroom so that a loop that grows a buffer step by step copies O(n) bytes in all (the
-    // headroom is address space: pages not written stay unallocated).
+    // A block that grows into or within the large sizes: extend a large mapping in place if the kernel
+    // can; if it must move, give it 100% headroom so that a loop that grows a buffer step by step copies
+    // O(n) bytes and maps O(log n) times in all (the headroom is address space: pages not written stay
+    // unallocated).
     let mut new_size = size;
-    if let Owner::Large(span) = owner {
-        if size > old {
+    if size > old && size > MAX_MEDIUM_SIZE {
+        if let Owner::Large(span) = owner {
             if large::resize_in_place(span, size) {
                 return p;
             }
-            new_size = size.max(old.saturating_add(old / 2));
         }
+        new_size = size.max(old.saturating_mul(2));
     }
     let mut q = malloc(new_size, false);
     if q.is_null() && new_size != size {
@@ -200,9 +246,12 @@ pub fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     if q.is_null() {
         return q;
     }
-    // SAFETY: p holds `old` bytes, q at least `size`; distinct live blocks.
-    unsafe { ptr::copy_nonoverlapping(p, q, old.min(size)) };
-    free(p, func, false);
+    // SAFETY: p holds `old` bytes, q at least `size`; distinct live blocks; then p, whose contents
+    // moved, is given up.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old.min(size));
+        free(p, func, false);
+    }
     q
 }
 

@@ -14,8 +14,8 @@
 //!   `free`, `used`, `bump` and the list links; any thread may push onto `thread_free`.
 
 use super::heap::Heap;
-use crate::config::{CARVE_BATCH_BYTES, SUPERBLOCK_HEADER, SUPERBLOCK_SIZE};
-use crate::size_class::class_size;
+use crate::config::{CARVE_BATCH_BYTES, PAGE_SIZE, SUPERBLOCK_HEADER, SUPERBLOCK_SIZE};
+use crate::size_class::{class_size, superblock_size};
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -84,7 +84,10 @@ pub struct Superblock {
     /// heap never matches it). Read by any thread, written by the owner (giving it up) or by the global
     /// heap's lock holder (handing it out).
     pub owner: AtomicPtr<Heap>,
-    _pad: u64,
+    /// Bytes from the superblock's start whose pages may be resident (the header page, and every page
+    /// a carve reached since the last purge): what it counts in the committed bytes.
+    pub touched: u32,
+    _pad: u32,
     /// Blocks freed by other threads, pushed with one compare-exchange each (second cache line).
     pub thread_free: AtomicPtr<Block>,
     /// List links (owner or global lock).
@@ -121,6 +124,7 @@ pub static NO_SUPERBLOCK: NoSuperblock = NoSuperblock(Superblock {
     purged: false,
     div_magic: 0,
     owner: AtomicPtr::new(GLOBAL_OWNER),
+    touched: 0,
     _pad: 0,
     thread_free: AtomicPtr::new(ptr::null_mut()),
     next: ptr::null_mut(),
@@ -136,7 +140,13 @@ pub fn none() -> *mut Superblock {
 const _: () = assert!(core::mem::size_of::<Superblock>() <= SUPERBLOCK_HEADER);
 
 impl Superblock {
-    /// The superblock that contains `p` (masking).
+    /// Bytes of this superblock (64 KiB small, 1 MiB medium).
+    #[inline]
+    pub fn size(&self) -> usize {
+        superblock_size(self.class as usize)
+    }
+
+    /// The small superblock that contains `p` (masking).
     #[inline(always)]
     pub fn of(p: *const u8) -> *mut Superblock {
         ((p as usize) & !(SUPERBLOCK_SIZE - 1)) as *mut Superblock
@@ -148,13 +158,14 @@ impl Superblock {
         (self as *const Self as *mut u8).wrapping_add(SUPERBLOCK_HEADER)
     }
 
-    /// Writes a fresh header for `class` at `sb` (data area untouched), owned by `owner`.
+    /// Writes a fresh header for `class` at `sb` (data area untouched), owned by `owner`; `touched` carries
+    /// over the bytes whose pages may already be resident (see the field).
     ///
     /// # Safety
     /// `sb` is an S-aligned superblock of ours, committed, that no list and no other thread uses.
-    pub unsafe fn init(sb: *mut Superblock, class: usize, owner: *mut Heap, purged: bool) {
+    pub unsafe fn init(sb: *mut Superblock, class: usize, owner: *mut Heap, touched: u32) {
         let size = class_size(class);
-        let capacity = ((SUPERBLOCK_SIZE - SUPERBLOCK_HEADER) / size) as u32;
+        let capacity = ((superblock_size(class) - SUPERBLOCK_HEADER) / size) as u32;
         // SAFETY: the caller guarantees sb is ours and unshared; writing the whole header initialises it.
         unsafe {
             ptr::write(
@@ -170,9 +181,10 @@ impl Superblock {
                     class: class as u8,
                     place: Place::Detached,
                     bin: 0,
-                    purged,
+                    purged: false,
                     div_magic: (u64::MAX / size as u64) + 1,
                     owner: AtomicPtr::new(owner),
+                    touched,
                     _pad: 0,
                     thread_free: AtomicPtr::new(ptr::null_mut()),
                     next: ptr::null_mut(),
@@ -215,6 +227,12 @@ impl Superblock {
         self.free = first.cast();
         self.bump += n;
         self.carved_bytes = self.bump * self.block_size;
+        // Pages reached for the first time since the last purge now count as committed.
+        let end = (SUPERBLOCK_HEADER as u32 + self.carved_bytes).next_multiple_of(PAGE_SIZE as u32);
+        if end > self.touched {
+            super::global::commit_add((end - self.touched) as usize);
+            self.touched = end;
+        }
         true
     }
 
@@ -242,20 +260,24 @@ impl Superblock {
     }
 
     /// Pushes a block freed by a thread that does not own the superblock: one compare-exchange loop on
-    /// this superblock's `thread_free`, nothing else.
+    /// this superblock's `thread_free`, nothing else. Returns false, pushing nothing, when `b` is already
+    /// the head of that list (a second free of the same block).
     ///
     /// # Safety
     /// `b` is a live block of this superblock that the caller gives up.
     #[inline]
-    pub unsafe fn push_remote(&self, b: *mut Block) {
+    pub unsafe fn push_remote(&self, b: *mut Block) -> bool {
         // Relaxed: the compare-exchange below validates the value.
         let mut head = self.thread_free.load(Ordering::Relaxed);
         loop {
+            if head == b {
+                return false;
+            }
             // SAFETY: the caller gave the block up; we own its first word until it is published.
             unsafe { (*b).next = head };
             // Release pairs with the Acquire swap in `collect_remote`.
             match self.thread_free.compare_exchange_weak(head, b, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(h) => head = h,
             }
         }
@@ -267,6 +289,8 @@ impl Superblock {
         assert_eq!(self.block_size as usize, class_size(self.class as usize));
         assert!(self.bump <= self.capacity);
         assert_eq!(self.carved_bytes, self.bump * self.block_size);
+        assert!(self.touched as usize >= PAGE_SIZE, "the header page counts as committed");
+        assert!(self.touched as usize >= SUPERBLOCK_HEADER + self.carved_bytes as usize, "carved pages count as committed");
         let mut n = 0u32;
         let mut b = self.free;
         while !b.is_null() {

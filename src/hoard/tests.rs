@@ -3,6 +3,20 @@
 
 use super::*;
 use std::collections::HashMap;
+
+// The tests pass only live blocks they allocated (or NULL).
+fn tfree(p: *mut u8, func: &str, record: bool) {
+    // SAFETY: see above.
+    unsafe { free(p, func, record) }
+}
+fn trealloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
+    // SAFETY: see above.
+    unsafe { realloc(p, size, func) }
+}
+fn tusable(p: *mut u8, func: &str) -> usize {
+    // SAFETY: see above.
+    unsafe { usable_size(p, func) }
+}
 use std::vec::Vec;
 
 /// A small deterministic generator (xorshift64*), so failures replay.
@@ -55,7 +69,7 @@ fn model_sequence_against_shadow() {
             let p = if align > 16 { aligned(align, size) } else if op == 0 { calloc(1, size) } else { malloc(size, false) };
             assert!(!p.is_null(), "step {step}: allocation of {size} failed");
             assert_eq!(p as usize % align.max(16), 0, "alignment {align}");
-            assert!(usable_size(p, "test") >= size);
+            assert!(tusable(p, "test") >= size);
             if op == 0 && align == 16 {
                 // SAFETY: p has size bytes.
                 assert!(unsafe { core::slice::from_raw_parts(p, size) }.iter().all(|&b| b == 0), "calloc zero");
@@ -73,7 +87,7 @@ fn model_sequence_against_shadow() {
             let p = order.swap_remove(i);
             let (size, seed, _) = live.remove(&p).unwrap();
             verify(p as *mut u8, size, seed);
-            free(p as *mut u8, "test", false);
+            tfree(p as *mut u8, "test", false);
         } else {
             let i = rng.below(order.len() as u64) as usize;
             let p = order[i];
@@ -82,7 +96,7 @@ fn model_sequence_against_shadow() {
                 continue;
             }
             let new_size = random_size(&mut rng).max(1);
-            let q = realloc(p as *mut u8, new_size, "test");
+            let q = trealloc(p as *mut u8, new_size, "test");
             assert!(!q.is_null());
             verify(q, size.min(new_size), seed);
             live.remove(&p);
@@ -97,7 +111,7 @@ fn model_sequence_against_shadow() {
     for p in order {
         let (size, seed, _) = live.remove(&p).unwrap();
         verify(p as *mut u8, size, seed);
-        free(p as *mut u8, "test", false);
+        tfree(p as *mut u8, "test", false);
     }
     check();
 }
@@ -110,7 +124,7 @@ fn remote_frees_return_to_their_superblock_and_are_collected() {
     let first_sb = Superblock::of(ptrs[0] as *const u8) as usize;
     std::thread::spawn(move || {
         for p in ptrs {
-            free(p as *mut u8, "test", false);
+            tfree(p as *mut u8, "test", false);
         }
     })
     .join()
@@ -120,7 +134,7 @@ fn remote_frees_return_to_their_superblock_and_are_collected() {
     assert!(again.iter().any(|&p| Superblock::of(p as *const u8) as usize == first_sb));
     check();
     for p in again {
-        free(p as *mut u8, "test", false);
+        tfree(p as *mut u8, "test", false);
     }
     check();
 }
@@ -134,7 +148,7 @@ fn abandoned_heaps_are_adopted() {
         let keep = std::thread::spawn(|| {
             let v: Vec<usize> = (0..1000).map(|i| malloc(16 + i % 200, false) as usize).collect();
             for &p in &v[..900] {
-                free(p as *mut u8, "test", false);
+                tfree(p as *mut u8, "test", false);
             }
             v[900..].to_vec()
         })
@@ -143,26 +157,26 @@ fn abandoned_heaps_are_adopted() {
         survivors.extend(keep);
     }
     for p in survivors {
-        free(p as *mut u8, "test", false);
+        tfree(p as *mut u8, "test", false);
     }
     check();
 }
 
 #[test]
 fn large_blocks_round_trip_and_cache() {
-    for &size in &[MAX_SMALL_SIZE + 1, 100_000, 1 << 20, 5 << 20] {
+    for &size in &[crate::config::MAX_SMALL_SIZE + 1, 100_000, MAX_MEDIUM_SIZE + 1, 1 << 20, 5 << 20] {
         for _ in 0..4 {
             let p = malloc(size, false);
             assert!(!p.is_null());
             pattern(p, size, 7);
-            let q = realloc(p, size * 2, "test");
+            let q = trealloc(p, size * 2, "test");
             verify(q, size, 7);
-            free(q, "test", false);
+            tfree(q, "test", false);
         }
     }
     let p = aligned(64 << 20, 100);
     assert_eq!(p as usize % (64 << 20), 0);
-    free(p, "test", false);
+    tfree(p, "test", false);
     check();
 }
 
@@ -171,8 +185,8 @@ fn zero_and_huge_requests() {
     let a = malloc(0, false);
     let b = malloc(0, false);
     assert!(!a.is_null() && !b.is_null() && a != b);
-    free(a, "test", false);
-    free(b, "test", false);
+    tfree(a, "test", false);
+    tfree(b, "test", false);
     assert!(malloc(usize::MAX, false).is_null());
     assert!(malloc(isize::MAX as usize, false).is_null());
     assert!(calloc(usize::MAX / 2, 3).is_null());
@@ -185,7 +199,7 @@ fn emptiness_invariant_bounds_a_thread_heap() {
     let v: Vec<usize> = (0..200_000).map(|_| malloc(48, false) as usize).collect();
     for (i, &p) in v.iter().enumerate() {
         if i % 64 != 0 {
-            free(p as *mut u8, "test", false);
+            tfree(p as *mut u8, "test", false);
         }
     }
     let h = thread::current();
@@ -199,7 +213,7 @@ fn emptiness_invariant_bounds_a_thread_heap() {
     check();
     for (i, &p) in v.iter().enumerate() {
         if i % 64 == 0 {
-            free(p as *mut u8, "test", false);
+            tfree(p as *mut u8, "test", false);
         }
     }
     check();
@@ -214,7 +228,7 @@ fn growing_realloc_keeps_contents_and_grows_in_place_or_with_headroom() {
     let mut moves = 0;
     while size < (8 << 20) {
         let next = size + 4093;
-        let q = realloc(p, next, "test");
+        let q = trealloc(p, next, "test");
         assert!(!q.is_null());
         if q != p {
             moves += 1;
@@ -233,7 +247,7 @@ fn growing_realloc_keeps_contents_and_grows_in_place_or_with_headroom() {
     }
     // About 2,000 steps: with in-place growth or 50% headroom, the block moves O(log n) times.
     assert!(moves < 100, "{moves} moves");
-    free(p, "test", false);
+    tfree(p, "test", false);
     check();
 }
 
@@ -245,7 +259,7 @@ fn blocks_of_an_exited_thread_freed_elsewhere_come_back() {
         .join()
         .unwrap();
     for p in v {
-        free(p as *mut u8, "test", false);
+        tfree(p as *mut u8, "test", false);
     }
     // trim sweeps the global heap: the superblocks become empty and their pages go back.
     assert!(trim(), "trim released nothing");
@@ -256,22 +270,46 @@ fn blocks_of_an_exited_thread_freed_elsewhere_come_back() {
 fn frees_do_not_stay_on_the_slow_path_when_nothing_can_be_released() {
     // Many classes with one nearly empty current superblock each: the invariant cannot be restored
     // (current superblocks stay), so the check must disarm instead of running on every free.
-    let sizes: Vec<usize> = (0..NCLASSES_FOR_TEST).map(|c| crate::size_class::class_size(c)).collect();
+    let sizes: Vec<usize> = (0..NCLASSES_FOR_TEST).map(crate::size_class::class_size).collect();
     let keep: Vec<usize> = sizes.iter().map(|&s| malloc(s, false) as usize).collect();
     let h = thread::current();
     for _ in 0..1000 {
         for &s in &sizes {
             let p = malloc(s, false);
-            free(p, "test", false);
+            tfree(p, "test", false);
         }
     }
     // SAFETY: our own heap.
     let (u, below) = unsafe { ((*h).in_use.load(Ordering::Relaxed), (*h).release_below) };
     assert!(u >= below, "free path still armed: u = {u}, release_below = {below}");
     for p in keep {
-        free(p as *mut u8, "test", false);
+        tfree(p as *mut u8, "test", false);
     }
     check();
 }
 
 const NCLASSES_FOR_TEST: usize = crate::size_class::NCLASSES;
+
+#[test]
+fn medium_blocks_come_from_medium_superblocks_and_validate() {
+    let sizes = [crate::config::MAX_SMALL_SIZE + 1, 40_000, 100_000, MAX_MEDIUM_SIZE];
+    let mut v = Vec::new();
+    for &s in &sizes {
+        for _ in 0..10 {
+            let p = malloc(s, false);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % 16, 0);
+            let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
+            assert_eq!(addrmap::kind(chunk) & 0xf0, addrmap::MEDIUM, "size {s} served by a medium superblock");
+            assert!(tusable(p, "test") >= s);
+            pattern(p, s, 9);
+            v.push((p, s));
+        }
+    }
+    check();
+    for (p, s) in v {
+        verify(p, s, 9);
+        tfree(p, "test", false);
+    }
+    check();
+}
