@@ -24,9 +24,10 @@ const _: () = assert!(DIAG_LINE_MAX >= 64);
 pub const SUPERBLOCK_SHIFT: u32 = 16;
 /// S = 64 KiB.
 pub const SUPERBLOCK_SIZE: usize = 1 << SUPERBLOCK_SHIFT;
-/// Bytes at the start of a superblock taken by its header (two cache lines: the owner's fields, then the
-/// remote-free list on a line of its own). Blocks start right after it.
-pub const SUPERBLOCK_HEADER: usize = 128;
+/// Bytes at the start of a superblock taken by its header (the owner's fields, the list links, then the
+/// remote-free list on a cache line of its own; rounded to 256 so that blocks of classes that are
+/// multiples of 128 start at multiples of 128). Blocks start right after it.
+pub const SUPERBLOCK_HEADER: usize = 256;
 /// Largest small request: a quarter superblock (16 KiB), within Hoard's limit of half a superblock, so
 /// that even the largest class fits three blocks after the header. Larger blocks are mapped directly.
 pub const MAX_SMALL_SIZE: usize = SUPERBLOCK_SIZE / 4;
@@ -117,24 +118,13 @@ pub const REGION_PAGE: usize = 1 << REGION_PAGE_SHIFT;
 pub const REGION_RESERVE: usize = 32 << 30;
 /// Pages in the reservation (2 Mi).
 pub const REGION_PAGES: usize = REGION_RESERVE / REGION_PAGE;
-/// Allocation granule: blocks are 16-byte aligned and their sizes (with the 8-byte block header) are
-/// multiples of it. The page header keeps one bit per granule in each of its two bitmaps.
+/// Allocation granule: blocks are 16-byte aligned and their chunks (8-byte block header + payload) are
+/// multiples of it.
 pub const REGION_GRANULE: usize = 16;
-/// Granules per page (1,024), and 64-bit words per page bitmap (16).
+/// Granules per page (1,024).
 pub const REGION_GRANULES: usize = REGION_PAGE / REGION_GRANULE;
-/// Words of one page bitmap.
-pub const REGION_BITMAP_WORDS: usize = REGION_GRANULES / 64;
 /// Empty pages a region keeps for itself (most recently emptied first) before giving them to the pool.
 pub const REGION_CACHE_PAGES: usize = 4;
-/// A page that is neither current nor full becomes a candidate for reuse (its holes are filled by bump
-/// allocation again) once at least this percentage of its capacity is free.
-pub const REGION_REUSE_FREE_PERCENT: usize = 40;
-/// Freed blocks of up to this many granules (requests up to 376 bytes) leave a *hint* (their place) in
-/// a small per-region stack per size; when the open hole is used up, an allocation of that size takes a
-/// hinted place (checked against the page bitmap, so a stale hint is just skipped) before sweeping pages.
-pub const REGION_HINT_CLASSES: usize = 24;
-/// Hints kept per size (a ring: the oldest are forgotten first).
-pub const REGION_HINT_SLOTS: usize = 32;
 /// The shared pool keeps at most this many free pages resident; past it, it gives memory back to the OS
 /// (`MADV_DONTNEED`) until only [`REGION_POOL_KEEP_LOW`] remain: hysteresis, so that a program that
 /// frees and reallocates a few pages does not pay a system call each time. 256 pages = 4 MiB.
@@ -146,10 +136,10 @@ pub const REGION_POOL_COMMIT_STEP: usize = 64;
 
 const _: () = assert!(REGION_PAGE.is_power_of_two() && REGION_PAGE >= PAGE_SIZE);
 const _: () = assert!(REGION_RESERVE % REGION_PAGE == 0 && REGION_RESERVE / 8 - 1 == u32::MAX as usize);
-const _: () = assert!(REGION_GRANULE == MIN_ALIGN && REGION_GRANULES % 64 == 0);
+const _: () = assert!(REGION_GRANULE == MIN_ALIGN && REGION_GRANULES <= u16::MAX as usize);
 const _: () = assert!(REGION_POOL_KEEP_LOW < REGION_POOL_KEEP_HIGH);
-const _: () = assert!(REGION_HINT_SLOTS.is_power_of_two() && REGION_HINT_CLASSES <= 64);
-const _: () = assert!(REGION_REUSE_FREE_PERCENT > 0 && REGION_REUSE_FREE_PERCENT < 100);
+
+// ---------------------------------------------------------------------------------------------------
 // bimp: the improved bump allocator (src/bimp.rs)
 // ---------------------------------------------------------------------------------------------------
 

@@ -59,10 +59,22 @@ const _: () = assert!(size_of_class(SMALL_CLASSES - 1) == MAX_SMALL_SIZE);
 const _: () = assert!(size_of_class(NCLASSES - 1) == MAX_MEDIUM_SIZE);
 const _: () = assert!(size_of_class(0) == MIN_ALIGN);
 
-/// The class serving a request of `size` bytes (`size <= MAX_MEDIUM_SIZE`; 0 counts as 1).
-#[inline(always)]
-pub fn class_of(size: usize) -> usize {
-    debug_assert!(size <= MAX_MEDIUM_SIZE);
+/// Largest size served by the lookup table of [`class_of`].
+const TABLE_MAX: usize = 1024;
+
+/// `SMALL_TABLE[(size + 15) / 16]` is the class of `size` for sizes up to [`TABLE_MAX`]: one load, no
+/// branch on the size (random request sizes would mispredict a comparison).
+static SMALL_TABLE: [u8; TABLE_MAX / 16 + 1] = {
+    let mut t = [0u8; TABLE_MAX / 16 + 1];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = class_of_computed(if i == 0 { 0 } else { i * 16 }) as u8;
+        i += 1;
+    }
+    t
+};
+
+const fn class_of_computed(size: usize) -> usize {
     if size <= 128 {
         // 0 and 1..=16 -> 0, 17..=32 -> 1, ...
         (size.saturating_sub(1)) >> 4
@@ -70,6 +82,18 @@ pub fn class_of(size: usize) -> usize {
         let s = size - 1;
         let b = (usize::BITS - 1 - s.leading_zeros()) as usize; // floor(log2(s)) >= 7
         8 + (b - 7) * 4 + ((s >> (b - 2)) & 3)
+    }
+}
+
+/// The class serving a request of `size` bytes (`size <= MAX_MEDIUM_SIZE`; 0 counts as 1).
+#[inline(always)]
+pub fn class_of(size: usize) -> usize {
+    debug_assert!(size <= MAX_MEDIUM_SIZE);
+    if size <= TABLE_MAX {
+        // Every size in (16(i-1), 16i] has the class of 16i: class boundaries up to 1024 are multiples of 16.
+        SMALL_TABLE[(size + 15) >> 4] as usize
+    } else {
+        class_of_computed(size)
     }
 }
 
@@ -100,6 +124,13 @@ pub fn class_of_aligned(size: usize, align: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_agrees_with_the_computation() {
+        for n in 0..=TABLE_MAX {
+            assert_eq!(class_of(n), class_of_computed(n), "size {n}");
+        }
+    }
 
     #[test]
     fn every_size_maps_to_the_smallest_fitting_class() {

@@ -24,14 +24,21 @@ pub struct region_t {
 /// As for [`region_mut`], and `r` is readable memory when it has a region's offset in a page.
 #[inline(always)]
 unsafe fn region_hot<'a>(func: &str, r: *mut region_t) -> Option<&'a mut Region> {
+    // SAFETY: the caller's contract; NULL fails the cheap check (it is not at a region's offset).
+    match unsafe { Region::from_ptr_fast(r.cast()) } {
+        Some(reg) => Some(reg),
+        None => not_a_region(func, r),
+    }
+}
+
+/// NULL (`None`) or an abort for a pointer that is not a live region.
+#[cold]
+#[inline(never)]
+fn not_a_region<'a>(func: &str, r: *mut region_t) -> Option<&'a mut Region> {
     if r.is_null() {
         return None;
     }
-    // SAFETY: the caller's contract.
-    match unsafe { Region::from_ptr_fast(r.cast()) } {
-        Some(reg) => Some(reg),
-        None => invalid_pointer(func, r.cast(), "not a live region"),
-    }
+    invalid_pointer(func, r.cast(), "not a live region")
 }
 
 /// The region behind `r`, `None` for NULL; aborts for a pointer that is not a live region.
@@ -110,10 +117,7 @@ pub unsafe extern "C" fn region_alloc(r: *mut region_t, size: usize) -> *mut c_v
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     };
-    match reg.alloc(size) {
-        Some(p) => p.as_ptr().cast(),
-        None => no_memory(),
-    }
+    reg.alloc_or_null(size).cast()
 }
 
 #[cold]
@@ -206,13 +210,26 @@ pub unsafe extern "C" fn region_free(r: *mut region_t, p: *mut c_void) {
     if p.is_null() {
         return;
     }
-    // SAFETY: the caller's contract.
-    let Some(reg) = (unsafe { region_hot("region_free", r) }) else {
-        invalid_pointer("region_free", p.cast(), "the region is NULL")
-    };
-    if let Err(e) = reg.free(p as usize) {
-        invalid_pointer("region_free", p.cast(), e.why())
+    // SAFETY: the caller's contract; NULL fails the cheap check (it is not at a region's offset).
+    match unsafe { Region::from_ptr_fast(r.cast()) } {
+        Some(reg) => reg.free_or(p as usize, bad_free),
+        None => free_without_region(r, p),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn free_without_region(r: *mut region_t, p: *mut c_void) -> ! {
+    if r.is_null() {
+        invalid_pointer("region_free", p.cast(), "the region is NULL")
+    }
+    invalid_pointer("region_free", r.cast(), "not a live region")
+}
+
+#[cold]
+#[inline(never)]
+fn bad_free(p: usize, e: region::BadPointer) -> ! {
+    invalid_pointer("region_free", p as *const u8, e.why())
 }
 
 /// Usable bytes of block `p` (at least what was asked for; the block may be written up to it). 0 for

@@ -502,7 +502,12 @@ unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool, func: &st
             free_local(h, sb, b, func);
             return;
         }
-        let h = thread::any();
+        // A thread that only frees (a consumer) gets a heap too, so that its counters are its own: the
+        // process-wide fallback counters are atomics every such thread would contend on.
+        let mut h = thread::any();
+        if h.is_null() {
+            h = global::heap_for_thread();
+        }
         let size = (*sb).block_size as u64;
         if !(*sb).push_remote(b) {
             double_free(func, b);

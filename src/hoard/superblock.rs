@@ -1,9 +1,9 @@
 //! Superblocks: S = 64 KiB, S-aligned, holding blocks of one size class.
 //!
 //! ```text
-//!  sb (S-aligned)                sb + 64                 sb + 128
-//!  | owner line: free list, counts, | remote line:          | block 0 | block 1 | ... | untouched tail |
-//!  | owner heap, list links, ...    | thread_free (atomic)  |                           ^ bump
+//!  sb (S-aligned)                sb + 64              sb + 128               sb + 256
+//!  | owner line: free list, counts, | list links,      | remote line:         | block 0 | block 1 | ... |
+//!  | owner heap, touched            | (slow paths)     | thread_free (atomic) |   ^ bump: untouched tail
 //! ```
 //!
 //! Invariants (checked by [`Superblock::check`] for an owned superblock):
@@ -88,17 +88,20 @@ pub struct Superblock {
     /// a carve reached since the last purge): what it counts in the committed bytes.
     pub touched: u32,
     _pad: u32,
-    /// Blocks freed by other threads, pushed with one compare-exchange each (second cache line).
-    pub thread_free: AtomicPtr<Block>,
-    /// List links (owner or global lock).
+    /// List links (owner or global lock), on the second cache line.
     pub next: *mut Superblock,
     /// List links (owner or global lock).
     pub prev: *mut Superblock,
     /// Time (ms) it became empty in the global heap, for delayed purging.
     pub empty_since_ms: u64,
+    _pad_to_remote_line: [u64; 5],
+    /// Blocks freed by other threads, pushed with one compare-exchange each: alone on the third cache
+    /// line, so that remote frees and the owner's list operations do not share a line.
+    pub thread_free: AtomicPtr<Block>,
 }
 
-const _: () = assert!(core::mem::offset_of!(Superblock, thread_free) == 64);
+const _: () = assert!(core::mem::offset_of!(Superblock, next) == 64);
+const _: () = assert!(core::mem::offset_of!(Superblock, thread_free) == 128);
 
 /// A superblock with no blocks, which every class of a heap points at while it has no current
 /// superblock: the allocation fast path then needs no null check (its empty free list sends it to the
@@ -126,10 +129,11 @@ pub static NO_SUPERBLOCK: NoSuperblock = NoSuperblock(Superblock {
     owner: AtomicPtr::new(GLOBAL_OWNER),
     touched: 0,
     _pad: 0,
-    thread_free: AtomicPtr::new(ptr::null_mut()),
     next: ptr::null_mut(),
     prev: ptr::null_mut(),
     empty_since_ms: 0,
+    _pad_to_remote_line: [0; 5],
+    thread_free: AtomicPtr::new(ptr::null_mut()),
 });
 
 /// The placeholder for "no current superblock".
@@ -186,10 +190,11 @@ impl Superblock {
                     owner: AtomicPtr::new(owner),
                     touched,
                     _pad: 0,
-                    thread_free: AtomicPtr::new(ptr::null_mut()),
                     next: ptr::null_mut(),
                     prev: ptr::null_mut(),
                     empty_since_ms: 0,
+                    _pad_to_remote_line: [0; 5],
+                    thread_free: AtomicPtr::new(ptr::null_mut()),
                     magic: MAGIC,
                 },
             );

@@ -106,6 +106,31 @@ pub fn lock() -> MutexGuard<'static, Pool> {
     POOL.lock()
 }
 
+static ATFORK: crate::sync::Once = crate::sync::Once::new();
+
+/// Registers the `fork()` handlers of the pool lock, once (from `region_create`, before the lock is
+/// taken: glibc runs the prepare handlers under its own lock, so registering while holding ours could
+/// deadlock against a concurrent `fork`). The prepare handler takes the lock so that no other thread
+/// holds it across the fork; parent and child release it (in the child, the pool is consistent and
+/// every region page stays mapped).
+pub fn register_atfork() {
+    ATFORK.call_once(|| {
+        // SAFETY: the handlers are valid for the life of the process; glibc stores the first handlers
+        // without allocating.
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release)) };
+    });
+}
+
+extern "C" fn fork_prepare() {
+    POOL.lock_forever();
+}
+
+extern "C" fn fork_release() {
+    // SAFETY: fork_prepare took the lock in this thread (in the child: in the thread that forked, which
+    // is the child's only thread); no reference into the pool is held.
+    unsafe { POOL.unlock_forgotten() };
+}
+
 /// Process-wide figures of the pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {

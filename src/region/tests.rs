@@ -370,3 +370,146 @@ fn isolated_holes_in_sparse_pages_are_reused_by_size() {
     r.check();
     destroy(r);
 }
+
+#[test]
+fn fifo_frees_leave_no_listed_chunks_and_pages_recycle_whole() {
+    let r = new_region();
+    let mut q = std::collections::VecDeque::new();
+    let mut rng = Rng(3);
+    for _ in 0..3000 {
+        q.push_back(r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize);
+    }
+    let pages = r.stats().pages_in_use;
+    for _ in 0..100_000 {
+        r.free(q.pop_front().unwrap()).unwrap();
+        q.push_back(r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize);
+    }
+    r.check();
+    // Frees in allocation order make dead chunks, never listed ones: every allocation bumps, and the
+    // pages that empty come back whole (from the region's cache) as the next page to carve.
+    assert!(r.free.iter().all(|&h| h == 0), "no chunk listed");
+    let st = r.stats();
+    assert!(st.pages_in_use <= pages + 1, "pages in use {} (was {pages})", st.pages_in_use);
+    assert!(st.pages_cached <= 2, "emptied pages are taken again at once: {} cached", st.pages_cached);
+    for p in q {
+        r.free(p).unwrap();
+    }
+    r.check();
+    destroy(r);
+}
+
+#[test]
+fn dead_chunks_are_listed_when_frees_move_on() {
+    let r = new_region();
+    let v: Vec<usize> = (0..3000).map(|_| r.alloc(100).unwrap().as_ptr() as usize).collect();
+    // Free in address order but keep every tenth block: the first pages drain like a FIFO and stop.
+    let mut freed = std::collections::HashSet::new();
+    for (i, &p) in v[..1500].iter().enumerate() {
+        if i % 10 != 0 {
+            r.free(p).unwrap();
+            freed.insert(p);
+        }
+    }
+    // Frees move on to another page: the drained pages' dead chunks are listed and reused.
+    r.free(v[2999]).unwrap();
+    r.check();
+    let pages = r.stats().pages_in_use;
+    let again: Vec<usize> = (0..freed.len()).map(|_| r.alloc(100).unwrap().as_ptr() as usize).collect();
+    assert!(again.iter().all(|p| freed.contains(p) || *p == v[2999]), "freed places reused");
+    assert_eq!(r.stats().pages_in_use, pages, "no fresh page");
+    r.check();
+    destroy(r);
+}
+
+#[test]
+fn stale_and_foreign_headers_are_refused() {
+    let r = new_region();
+    let a = r.alloc(40).unwrap().as_ptr() as usize;
+    let b = r.alloc(40).unwrap().as_ptr() as usize;
+    // A copy of a's header placed in b's payload does not make b + 16 a block: the tag names the address.
+    // SAFETY: both blocks are live with 40 bytes.
+    unsafe { *((b + 8) as *mut u64) = *((a - 8) as *const u64) };
+    assert_eq!(r.free(b + 16), Err(BadPointer::NotLive));
+    // After a reset, the old pointers are stale even where the page is reused.
+    r.reset();
+    assert_eq!(r.free(a), Err(BadPointer::NotLive), "block from before the reset");
+    let c = r.alloc(40).unwrap().as_ptr() as usize;
+    assert_eq!(c, a, "the home page is carved again from its start");
+    assert_eq!(r.free(b), Err(BadPointer::NotLive), "uncarved place with an old header");
+    r.free(c).unwrap();
+    r.check();
+    destroy(r);
+}
+
+#[test]
+fn fork_handlers_leave_the_pool_usable_in_both_processes() {
+    // Another thread takes the pool lock over and over while this one forks: without the handlers a
+    // child forked while that thread held the lock would block for ever (the alarm then kills it).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = new_region();
+                s.alloc(100_000).unwrap();
+                destroy(s);
+            }
+        })
+    };
+    let r = new_region();
+    for _ in 0..30 {
+        // SAFETY: the child only uses regions and libc (no allocation through std) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: plain libc calls in the child.
+            unsafe { libc::alarm(10) };
+            let ok = Region::create().map(|s| {
+                // SAFETY: just created, used by this process alone.
+                let s = unsafe { &mut *s.as_ptr() };
+                let ok = (0..100).all(|_| s.alloc(1000).is_some() && s.alloc(50_000).is_some());
+                // SAFETY: s is live and not used afterwards.
+                unsafe { Region::destroy(s) };
+                ok
+            });
+            // SAFETY: leaving the child without running the parent's exit handlers.
+            unsafe { libc::_exit(if ok == Some(true) { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: pid is our child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
+        assert!(r.alloc(100).is_some());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    pool::lock().check();
+    destroy(r);
+}
+
+#[test]
+fn lifo_bursts_across_a_page_change_stay_pure_bumps() {
+    let r = new_region();
+    let mut rng = Rng(5);
+    let mut base: Vec<usize> = (0..1000).map(|_| r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize).collect();
+    // Leave less room in the current page than a burst needs: every burst crosses into the next page.
+    while r.limit - r.bump > 2000 {
+        base.push(r.alloc(100).unwrap().as_ptr() as usize);
+    }
+    let pages = r.stats().pages_in_use;
+    for round in 0..200 {
+        let burst: Vec<usize> = (0..64).map(|_| r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize).collect();
+        for &p in burst.iter().rev() {
+            r.free(p).unwrap();
+        }
+        // The first burst crossed into a new page; its chunks in the page left behind gave their space
+        // back to that page's tail instead of going on the lists.
+        assert!(r.free.iter().all(|&h| h == 0), "round {round}: no chunk listed");
+        assert!(r.stats().pages_in_use <= pages + 2, "round {round}");
+    }
+    r.check();
+    for p in base {
+        r.free(p).unwrap();
+    }
+    r.check();
+    destroy(r);
+}
