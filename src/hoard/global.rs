@@ -318,8 +318,8 @@ fn purge(g: &mut Global, all: bool) -> usize {
     let delay = crate::options::PURGE_DELAY_MS.get();
     let now = if all || delay == 0 { u64::MAX } else { now_ms() };
     let mut released = 0;
-    for kind in 0..KINDS {
-        let data_len = SUPERBLOCK_BYTES[kind] - PAGE_SIZE;
+    for (kind, &bytes) in SUPERBLOCK_BYTES.iter().enumerate() {
+        let data_len = bytes - PAGE_SIZE;
         loop {
             let sb = g.empty[kind].tail;
             // SAFETY: nodes of the global lists are valid superblocks owned by the global heap.

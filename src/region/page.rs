@@ -242,7 +242,7 @@ mod tests {
     fn classes() {
         for k in 1..=MAX_SMALL_GRANULES {
             let c = class_of(k);
-            assert!(c >= 1 && c < NCLASSES);
+            assert!((1..NCLASSES).contains(&c));
             let g = class_granules(c);
             assert!(g >= k, "class {c} of {k} granules holds {g}");
             assert_eq!(class_of(g), c);
