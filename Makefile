@@ -88,7 +88,7 @@ check-header: lib
 header: lib
 	cp target/include/rallocs.h include/rallocs.h
 
-test: all unit-test abi-test check-lib install-test preload-test bimp-variant-test bimp-preload-test c-tests bench-smoke
+test: all unit-test abi-test check-lib install-test preload-test bimp-variant-test bimp-preload-test bench-smoke c-tests
 
 # Unit and model tests. `override` is off so the test harness itself keeps glibc's malloc.
 # (the benchmark harness's own tests run in bench-smoke, with the profile its build already uses)
