@@ -25,6 +25,8 @@ pub mod region;
 pub mod rm;
 pub mod size_class;
 pub mod sync;
+#[cfg(test)]
+mod testutil;
 pub mod trace;
 
 /// The crate version as a NUL-terminated string, as `rallocs_version()` returns it.

@@ -4,20 +4,7 @@
 
 use super::*;
 
-/// xorshift64*: a deterministic generator, no crates.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::testutil::Rng;
 
 #[derive(Clone, Copy, Debug)]
 struct Block {

@@ -19,19 +19,7 @@ fn tusable(p: *mut u8, func: &str) -> usize {
 }
 use std::vec::Vec;
 
-/// A small deterministic generator (xorshift64*), so failures replay.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::testutil::Rng;
 
 fn pattern(p: *mut u8, len: usize, seed: u8) {
     for i in 0..len {
@@ -83,13 +71,13 @@ fn model_sequence_against_shadow() {
             live.insert(p as usize, (size, seed, align));
             order.push(p as usize);
         } else if op < 8 {
-            let i = rng.below(order.len() as u64) as usize;
+            let i = rng.below(order.len());
             let p = order.swap_remove(i);
             let (size, seed, _) = live.remove(&p).unwrap();
             verify(p as *mut u8, size, seed);
             tfree(p as *mut u8, "test", false);
         } else {
-            let i = rng.below(order.len() as u64) as usize;
+            let i = rng.below(order.len());
             let p = order[i];
             let (size, seed, align) = live[&p];
             if align > 16 {
