@@ -53,6 +53,10 @@ pub const HEAP_EMPTY_KEEP: [usize; 2] = [2, 1];
 /// A full superblock returns to a partial bin once 1/FULL_REFILL_FRACTION_INV of its blocks (at least
 /// one) were freed by its owner.
 pub const FULL_REFILL_FRACTION_INV: u32 = 8;
+/// Slots of a heap's cache of the superblocks it owns (direct-mapped by address, a power of two): a free
+/// that hits it needs no address-map lookup.
+pub const OWNED_CACHE_SLOTS: usize = 64;
+const _: () = assert!(OWNED_CACHE_SLOTS.is_power_of_two());
 /// Full superblocks a heap inspects for remote frees each time it needs a new superblock (bounded so that
 /// a heap with many full superblocks does not scan them all every time; the scan rotates).
 pub const FULL_SCAN_LIMIT: usize = 16;

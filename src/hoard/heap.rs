@@ -24,7 +24,7 @@ use super::superblock::{self, Block, Place, Superblock};
 use super::thread;
 use crate::config::{
     EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_REFILL_FRACTION_INV, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP,
-    SUPERBLOCK_SIZE,
+    OWNED_CACHE_SLOTS, SUPERBLOCK_SHIFT, SUPERBLOCK_SIZE,
 };
 use crate::size_class::{kind_of, KINDS, NCLASSES};
 use core::ptr;
@@ -73,6 +73,10 @@ pub struct HeapStats {
 pub struct Heap {
     /// Current superblock per class ([`superblock::none()`] when there is none: never null).
     pub cur: [*mut Superblock; NCLASSES],
+    /// Direct-mapped cache of superblocks this heap owns, indexed by `(address >> 16) % slots`; 1 marks
+    /// an empty slot (no superblock is at an odd address). Exact: a superblock leaves it when it leaves
+    /// the heap, so a hit proves ownership without the address map.
+    pub owned: [usize; OWNED_CACHE_SLOTS],
     /// `u`: bytes of blocks handed out from this heap's superblocks (owner writes, anyone reads).
     pub in_use: AtomicUsize,
     /// When `in_use` drops below this, the free slow path enforces the emptiness invariant.
@@ -91,6 +95,12 @@ pub struct Heap {
     pub free_next: *mut Heap,
     /// A thread uses it.
     pub alive: bool,
+}
+
+/// The slot of the owned-superblock cache for the superblock (or 64 KiB chunk) at `addr`.
+#[inline(always)]
+pub fn owned_slot(addr: usize) -> usize {
+    (addr >> SUPERBLOCK_SHIFT) & (OWNED_CACHE_SLOTS - 1)
 }
 
 #[inline(always)]
@@ -116,6 +126,7 @@ impl Heap {
         unsafe {
             ptr::write_bytes(h, 0, 1);
             (*h).cur = [superblock::none(); NCLASSES];
+            (*h).owned = [1; OWNED_CACHE_SLOTS];
         }
     }
 
@@ -193,6 +204,7 @@ impl Heap {
         // Relaxed: the global lock (Release on unlock) orders the header writes before our use; other
         // threads only compare `owner` with their own heap, which they never see here unless it is theirs.
         r.owner.store(me, Ordering::Relaxed);
+        self.owned[owned_slot(sb as usize)] = sb as usize;
         add_usize(&self.held, r.size());
         add_usize(&self.in_use, r.used as usize * r.block_size as usize);
         self.collect(r);
@@ -214,6 +226,10 @@ impl Heap {
     fn release(&mut self, sb: *mut Superblock) {
         // SAFETY: sb is ours and detached.
         let r = unsafe { &mut *sb };
+        let slot = owned_slot(sb as usize);
+        if self.owned[slot] == sb as usize {
+            self.owned[slot] = 1;
+        }
         sub_usize(&self.held, r.size());
         sub_usize(&self.in_use, r.used as usize * r.block_size as usize);
         self.recompute_threshold();
@@ -366,6 +382,14 @@ impl Heap {
             });
         }
         assert_eq!(u, self.in_use.load(Ordering::Relaxed), "u equals the sum of used blocks");
+        for (i, &sb) in self.owned.iter().enumerate() {
+            if sb != 1 {
+                assert_eq!(owned_slot(sb), i, "owned-cache slot");
+                // SAFETY: cached superblocks are ours (the cache is cleared when one leaves).
+                // Relaxed: we are the owner.
+                assert_eq!(unsafe { (*(sb as *const Superblock)).owner.load(Ordering::Relaxed) }, me, "owned cache is exact");
+            }
+        }
         assert_eq!(held, self.held.load(Ordering::Relaxed), "a equals the superblocks held");
     }
 }
@@ -465,7 +489,7 @@ pub unsafe fn free(sb: *mut Superblock, p: *mut u8, record: bool, func: &str) {
 /// # Safety
 /// `h` is the calling thread's heap and owns `sb`; `b` is a live block of `sb`, given up.
 #[inline(always)]
-unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block, func: &str) {
+pub(super) unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block, func: &str) {
     // SAFETY: forwarded from the caller.
     unsafe {
         let head = (*sb).free;
