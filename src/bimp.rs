@@ -106,26 +106,9 @@ impl Invalid {
     }
 }
 
-/// Counters of a heap, computed by walking it ([`Heap::check`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Bytes from the base to the top: size words, footers, padding, live and free blocks.
-    pub top_bytes: usize,
-    /// Payload bytes of live blocks (their usable sizes).
-    pub live_bytes: usize,
-    /// Number of live blocks.
-    pub live_blocks: usize,
-    /// Payload bytes of freed blocks still below the top.
-    pub free_bytes: usize,
-    /// Number of freed blocks still below the top.
-    pub free_blocks: usize,
-    /// Bytes of the reservation currently committed (readable and writable).
-    pub committed_bytes: usize,
-    /// Highest value `top_bytes` has had.
-    pub peak_top_bytes: usize,
-    /// Bytes of address space reserved.
-    pub reserved_bytes: usize,
-}
+/// Counters of a heap, computed by walking it ([`Heap::check`]): the C type `bimp_stats_t` itself, so
+/// that `bimp_stats_get` copies it out unchanged.
+pub type Stats = crate::ffi::types::bimp_stats_t;
 
 /// Capacity recorded in a size word.
 #[inline(always)]

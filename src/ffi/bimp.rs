@@ -285,19 +285,8 @@ pub unsafe extern "C" fn bimp_stats_get(out: *mut bimp_stats_t) {
     if out.is_null() {
         return;
     }
-    let s = bimp::stats();
-    let st = bimp_stats_t {
-        top_bytes: s.top_bytes,
-        live_bytes: s.live_bytes,
-        live_blocks: s.live_blocks,
-        free_bytes: s.free_bytes,
-        free_blocks: s.free_blocks,
-        committed_bytes: s.committed_bytes,
-        peak_top_bytes: s.peak_top_bytes,
-        reserved_bytes: s.reserved_bytes,
-    };
     // SAFETY: the caller passes a pointer to writable storage for one bimp_stats_t (checked non-NULL).
-    unsafe { out.write(st) };
+    unsafe { out.write(bimp::stats()) };
 }
 
 /// The unprefixed malloc family, served by bimp: `LD_PRELOAD=build/librallocs-bimp.so program`.
