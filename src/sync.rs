@@ -144,20 +144,28 @@ impl<T> Mutex<T> {
     }
 }
 
-impl<T> Deref for MutexGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the guard exists only while this thread holds the lock.
-        unsafe { &*self.lock.value.get() }
-    }
+/// Access through a lock guard: the guard exists only while this thread holds the lock (for
+/// `MutexGuard`, or while the process has a single thread), so the access is unique.
+macro_rules! guard_deref {
+    ($guard:ident) => {
+        impl<T> Deref for $guard<'_, T> {
+            type Target = T;
+            fn deref(&self) -> &T {
+                // SAFETY: the guard exists only while this thread holds the lock.
+                unsafe { &*self.lock.value.get() }
+            }
+        }
+
+        impl<T> DerefMut for $guard<'_, T> {
+            fn deref_mut(&mut self) -> &mut T {
+                // SAFETY: the guard exists only while this thread holds the lock, so the access is unique.
+                unsafe { &mut *self.lock.value.get() }
+            }
+        }
+    };
 }
 
-impl<T> DerefMut for MutexGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the guard exists only while this thread holds the lock, so the access is unique.
-        unsafe { &mut *self.lock.value.get() }
-    }
-}
+guard_deref!(MutexGuard);
 
 impl<T> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
@@ -322,20 +330,7 @@ impl<T> SpinLock<T> {
     }
 }
 
-impl<T> Deref for SpinGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the guard exists only while this thread holds the lock.
-        unsafe { &*self.lock.value.get() }
-    }
-}
-
-impl<T> DerefMut for SpinGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the guard exists only while this thread holds the lock, so the access is unique.
-        unsafe { &mut *self.lock.value.get() }
-    }
-}
+guard_deref!(SpinGuard);
 
 impl<T> Drop for SpinGuard<'_, T> {
     fn drop(&mut self) {

@@ -112,29 +112,7 @@ pub struct NoSuperblock(Superblock);
 unsafe impl Sync for NoSuperblock {}
 
 /// See [`NoSuperblock`].
-pub static NO_SUPERBLOCK: NoSuperblock = NoSuperblock(Superblock {
-    free: ptr::null_mut(),
-    used: 0,
-    capacity: 0,
-    bump: 0,
-    carved_bytes: 0,
-    rebin_below: 0,
-    block_size: 0,
-    magic: 0,
-    class: 0,
-    place: Place::Detached,
-    bin: 0,
-    purged: false,
-    div_magic: 0,
-    owner: AtomicPtr::new(GLOBAL_OWNER),
-    touched: 0,
-    _pad: 0,
-    next: ptr::null_mut(),
-    prev: ptr::null_mut(),
-    empty_since_ms: 0,
-    _pad_to_remote_line: [0; 5],
-    thread_free: AtomicPtr::new(ptr::null_mut()),
-});
+pub static NO_SUPERBLOCK: NoSuperblock = NoSuperblock(Superblock::header(0, 0, 0, 0, GLOBAL_OWNER, 0, 0));
 
 /// The placeholder for "no current superblock".
 #[inline(always)]
@@ -162,6 +140,42 @@ impl Superblock {
         (self as *const Self as *mut u8).wrapping_add(SUPERBLOCK_HEADER)
     }
 
+    /// A header with no blocks carved, on no list: the one value both [`Superblock::init`] and the
+    /// never-written [`NO_SUPERBLOCK`] start from.
+    const fn header(
+        class: u8,
+        block_size: u32,
+        capacity: u32,
+        div_magic: u64,
+        owner: *mut Heap,
+        touched: u32,
+        magic: u32,
+    ) -> Superblock {
+        Superblock {
+            free: ptr::null_mut(),
+            used: 0,
+            capacity,
+            bump: 0,
+            carved_bytes: 0,
+            rebin_below: 0,
+            block_size,
+            magic,
+            class,
+            place: Place::Detached,
+            bin: 0,
+            purged: false,
+            div_magic,
+            owner: AtomicPtr::new(owner),
+            touched,
+            _pad: 0,
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+            empty_since_ms: 0,
+            _pad_to_remote_line: [0; 5],
+            thread_free: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
     /// Writes a fresh header for `class` at `sb` (data area untouched), owned by `owner`; `touched` carries
     /// over the bytes whose pages may already be resident (see the field).
     ///
@@ -170,35 +184,9 @@ impl Superblock {
     pub unsafe fn init(sb: *mut Superblock, class: usize, owner: *mut Heap, touched: u32) {
         let size = class_size(class);
         let capacity = ((superblock_size(class) - SUPERBLOCK_HEADER) / size) as u32;
+        let header = Superblock::header(class as u8, size as u32, capacity, (u64::MAX / size as u64) + 1, owner, touched, MAGIC);
         // SAFETY: the caller guarantees sb is ours and unshared; writing the whole header initialises it.
-        unsafe {
-            ptr::write(
-                sb,
-                Superblock {
-                    free: ptr::null_mut(),
-                    used: 0,
-                    capacity,
-                    bump: 0,
-                    carved_bytes: 0,
-                    rebin_below: 0,
-                    block_size: size as u32,
-                    class: class as u8,
-                    place: Place::Detached,
-                    bin: 0,
-                    purged: false,
-                    div_magic: (u64::MAX / size as u64) + 1,
-                    owner: AtomicPtr::new(owner),
-                    touched,
-                    _pad: 0,
-                    next: ptr::null_mut(),
-                    prev: ptr::null_mut(),
-                    empty_since_ms: 0,
-                    _pad_to_remote_line: [0; 5],
-                    thread_free: AtomicPtr::new(ptr::null_mut()),
-                    magic: MAGIC,
-                },
-            );
-        }
+        unsafe { ptr::write(sb, header) };
     }
 
     /// True if `p` is the start of a block of this superblock that has been carved (a pointer malloc

@@ -37,9 +37,9 @@ fn verify(p: *mut u8, len: usize, seed: u8) {
 
 fn random_size(rng: &mut Rng) -> usize {
     match rng.below(20) {
-        0 => rng.below(300_000) as usize,
-        1..=3 => rng.below(16_384) as usize,
-        _ => rng.below(512) as usize,
+        0 => rng.below(300_000),
+        1..=3 => rng.below(16_384),
+        _ => rng.below(512),
     }
 }
 

@@ -460,16 +460,25 @@ impl Heap {
         self.bump(size)
     }
 
+    /// Moves the top of the heap up to `end`, committing as needed, within the limit; false (and nothing
+    /// changed) when it cannot.
+    fn extend_top(&mut self, end: usize) -> bool {
+        if self.limit != 0 && end - self.base > self.limit {
+            return false;
+        }
+        if end > self.commit_end && !self.grow(end) {
+            return false;
+        }
+        self.top = end;
+        true
+    }
+
     fn bump(&mut self, size: usize) -> Option<(usize, usize)> {
         let b = self.top;
         let end = b.checked_add(size)?;
-        if self.limit != 0 && end - self.base > self.limit {
+        if !self.extend_top(end) {
             return None;
         }
-        if end > self.commit_end && !self.grow(end) {
-            return None;
-        }
-        self.top = end;
         // SAFETY: [b, end) is committed wilderness; the block before is live (free blocks never touch
         // the wilderness).
         unsafe { set_hdr(b, live_header(0, false)) };
@@ -589,13 +598,9 @@ impl Heap {
         let next = b + cur;
         if next == self.top {
             let end = b.checked_add(size)?;
-            if self.limit != 0 && end - self.base > self.limit {
+            if !self.extend_top(end) {
                 return None;
             }
-            if end > self.commit_end && !self.grow(end) {
-                return None;
-            }
-            self.top = end;
             return Some(size);
         }
         // SAFETY: b is a live block; see `free_block`.
