@@ -74,6 +74,34 @@ static SMALL_TABLE: [u8; TABLE_MAX / 16 + 1] = {
     t
 };
 
+/// Sizes up to this are served through a heap's direct table (see [`direct_slot`]).
+pub const DIRECT_MAX: usize = TABLE_MAX;
+/// Slots of a heap's direct table: one per 16 bytes of size up to [`DIRECT_MAX`], plus slot 0 (size 0).
+pub const DIRECT_SLOTS: usize = TABLE_MAX / 16 + 1;
+
+/// The direct-table slot of a request of `size <= DIRECT_MAX` bytes: every size in one slot has the
+/// same class (class boundaries up to [`DIRECT_MAX`] are multiples of 16).
+#[inline(always)]
+pub fn direct_slot(size: usize) -> usize {
+    (size + 15) >> 4
+}
+
+/// `DIRECT_RANGE[c]`: the direct-table slots whose class is `c`, as `start..end` (empty for classes
+/// above [`DIRECT_MAX`]). A heap points every slot of the range at class `c`'s current superblock.
+pub static DIRECT_RANGE: [(u8, u8); NCLASSES] = {
+    let mut t = [(0u8, 0u8); NCLASSES];
+    let mut i = 0;
+    while i < DIRECT_SLOTS {
+        let c = SMALL_TABLE[i] as usize;
+        if t[c].1 == 0 {
+            t[c].0 = i as u8;
+        }
+        t[c].1 = i as u8 + 1;
+        i += 1;
+    }
+    t
+};
+
 const fn class_of_computed(size: usize) -> usize {
     if size <= 128 {
         // 0 and 1..=16 -> 0, 17..=32 -> 1, ...
@@ -124,6 +152,24 @@ pub fn class_of_aligned(size: usize, align: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_ranges_cover_exactly_the_slots_of_their_class() {
+        let mut covered = 0;
+        for c in 0..NCLASSES {
+            let (start, end) = DIRECT_RANGE[c];
+            for i in start as usize..end as usize {
+                assert_eq!(class_of(if i == 0 { 0 } else { i * 16 }), c, "slot {i}");
+                assert_eq!(class_of(i * 16 - if i == 0 { 0 } else { 15 }), c, "slot {i} low end");
+                covered += 1;
+            }
+        }
+        assert_eq!(covered, DIRECT_SLOTS);
+        for n in 0..=DIRECT_MAX {
+            let (start, end) = DIRECT_RANGE[class_of(n)];
+            assert!((start as usize..end as usize).contains(&direct_slot(n)), "size {n}");
+        }
+    }
 
     #[test]
     fn table_agrees_with_the_computation() {

@@ -400,7 +400,7 @@ pub unsafe fn give(sb: *mut Superblock) {
     STATS.global_superblocks.fetch_add(1, Ordering::Relaxed);
     // SAFETY: sb is detached; the lists are the global heap's, and we hold its lock.
     unsafe {
-        if r.used == 0 {
+        if r.used() == 0 {
             r.place = Place::GlobalEmpty;
             r.empty_since_ms = now_ms();
             g.empty[kind_of(r.class as usize)].push_front(sb);
@@ -428,7 +428,7 @@ fn sweep(g: &mut Global) -> usize {
             let n = r.collect_remote();
             // Relaxed: statistics (the bytes leave the remote-free accounts here, as in Heap::collect).
             STATS.collected_by_sweep.fetch_add(n as u64 * r.block_size as u64, Ordering::Relaxed);
-            if r.used == 0 {
+            if r.used() == 0 {
                 // SAFETY: sb is on partial[c].
                 unsafe { g.partial[c].remove(sb) };
                 r.place = Place::GlobalEmpty;
@@ -461,7 +461,7 @@ pub fn sum_heaps() -> (usize, u64, u64, u64) {
         // SAFETY: heaps are never freed; their counters are atomics read with Relaxed loads.
         let r = unsafe { &*h };
         // Relaxed: statistics.
-        in_use += r.in_use.load(Ordering::Relaxed);
+        in_use += r.in_use();
         mallocs += r.stats.mallocs.get();
         frees += r.stats.frees.get();
         remote += r.stats.remote_frees.get();
@@ -477,7 +477,7 @@ pub fn sum_heaps() -> (usize, u64, u64, u64) {
     // global superblocks are not in any heap's `in_use`.
     let mut global_live = 0usize;
     for c in 0..NCLASSES {
-        g.partial[c].check(|r| global_live += r.used as usize * r.block_size as usize);
+        g.partial[c].check(|r| global_live += r.used() as usize * r.block_size as usize);
     }
     let outstanding = remote_bytes.saturating_sub(collected) as usize;
     ((in_use + global_live).saturating_sub(outstanding), mallocs, frees + remote, remote)
@@ -495,7 +495,7 @@ pub fn check() {
         });
     }
     for k in 0..KINDS {
-        g.empty[k].check(|r| assert!(r.used == 0 && r.place == Place::GlobalEmpty && !r.purged));
-        g.purged[k].check(|r| assert!(r.used == 0 && r.purged));
+        g.empty[k].check(|r| assert!(r.used() == 0 && r.place == Place::GlobalEmpty && !r.purged));
+        g.purged[k].check(|r| assert!(r.used() == 0 && r.purged));
     }
 }

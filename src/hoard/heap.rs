@@ -26,7 +26,7 @@ use crate::config::{
     EMPTY_FRACTION_INV, EMPTY_SLACK_SUPERBLOCKS, FULLNESS_BINS, FULL_REFILL_FRACTION_INV, FULL_SCAN_LIMIT, HEAP_EMPTY_KEEP,
     OWNED_CACHE_SLOTS, SUPERBLOCK_SHIFT, SUPERBLOCK_SIZE,
 };
-use crate::size_class::{kind_of, KINDS, NCLASSES};
+use crate::size_class::{direct_slot, kind_of, DIRECT_MAX, DIRECT_RANGE, DIRECT_SLOTS, KINDS, NCLASSES};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -71,16 +71,24 @@ pub struct HeapStats {
 /// A thread heap. Lives in global metadata memory; reused after its thread exits.
 #[repr(C, align(64))]
 pub struct Heap {
-    /// Current superblock per class ([`superblock::none()`] when there is none: never null).
+    /// The current superblock of each request size up to [`DIRECT_MAX`], by [`direct_slot`]: the
+    /// allocation fast path for small sizes reads it without computing the class. Every slot of a
+    /// class's [`DIRECT_RANGE`] equals `cur` of that class (kept so by [`Heap::set_cur`]).
+    pub direct: [*mut Superblock; DIRECT_SLOTS],
+    /// Current superblock per class ([`superblock::none()`] when there is none: never null); written
+    /// only through [`Heap::set_cur`].
     pub cur: [*mut Superblock; NCLASSES],
     /// Direct-mapped cache of superblocks this heap owns, indexed by `(address >> 16) % slots`; 1 marks
     /// an empty slot (no superblock is at an odd address). Exact: a superblock leaves it when it leaves
     /// the heap, so a hit proves ownership without the address map.
     pub owned: [usize; OWNED_CACHE_SLOTS],
-    /// `u`: bytes of blocks handed out from this heap's superblocks (owner writes, anyone reads).
-    pub in_use: AtomicUsize,
-    /// When `in_use` drops below this, the free slow path enforces the emptiness invariant.
-    pub release_below: usize,
+    /// `u - release_below` (wrapping), where `u` is the bytes of blocks handed out from this heap's
+    /// superblocks: read `u` through [`Heap::in_use`]. Stored this way so that the owner's free
+    /// subtracts the block size and branches on the sign (owner writes, anyone reads).
+    slack: AtomicUsize,
+    /// When `u` drops below this, the free slow path enforces the emptiness invariant; set through
+    /// [`Heap::set_release_below`], which keeps `slack` consistent (owner writes, anyone reads).
+    release_below: AtomicUsize,
     /// `a`: bytes of superblocks this heap holds (owner writes, anyone reads).
     pub held: AtomicUsize,
     partial: [[List; FULLNESS_BINS]; NCLASSES],
@@ -95,6 +103,36 @@ pub struct Heap {
     pub free_next: *mut Heap,
     /// A thread uses it.
     pub alive: bool,
+}
+
+/// The heap of every thread that has none yet: its thread-local slot starts out pointing here, so the
+/// fast paths need no null check. Never written: its direct table and current superblocks are the
+/// empty placeholder (allocation goes to the slow path, which gives the thread a real heap), and its
+/// owned cache is empty (frees go to the checked path).
+pub struct NoHeap(Heap);
+
+// SAFETY: NO_HEAP is never written after its constant initialisation; sharing reads is safe.
+unsafe impl Sync for NoHeap {}
+
+/// See [`NoHeap`].
+pub static NO_HEAP: NoHeap = NoHeap(Heap::empty(&superblock::NO_SUPERBLOCK.0 as *const Superblock as *mut Superblock));
+
+/// The address of [`NO_HEAP`]: "this thread has no heap".
+#[inline(always)]
+pub fn no_heap() -> *mut Heap {
+    &NO_HEAP.0 as *const Heap as *mut Heap
+}
+
+/// True when the 64 KiB-aligned `chunk` is a superblock in `h`'s owned cache (so `h` owns it).
+///
+/// # Safety
+/// `h` is a heap or [`no_heap()`].
+#[inline(always)]
+pub unsafe fn owns(h: *const Heap, chunk: usize) -> bool {
+    // The slot's byte offset in one shift and one mask (`owned_slot(chunk) * 8`).
+    let off = (chunk >> (SUPERBLOCK_SHIFT - 3)) & ((OWNED_CACHE_SLOTS - 1) << 3);
+    // SAFETY: off is a multiple of 8 below OWNED_CACHE_SLOTS * 8: one of the cache's slots.
+    unsafe { *(*h).owned.as_ptr().cast::<u8>().add(off).cast::<usize>() == chunk }
 }
 
 /// The slot of the owned-superblock cache for the superblock (or 64 KiB chunk) at `addr`.
@@ -120,13 +158,46 @@ impl Heap {
     /// # Safety
     /// `h` points to writable, unused memory for a Heap.
     pub unsafe fn init(h: *mut Heap) {
-        // SAFETY: the caller gives us the memory; an all-zero Heap is valid (null pointers, empty lists,
-        // zero counters, alive = false), so zeroing initialises every field; then no class has a
-        // current superblock.
-        unsafe {
-            ptr::write_bytes(h, 0, 1);
-            (*h).cur = [superblock::none(); NCLASSES];
-            (*h).owned = [1; OWNED_CACHE_SLOTS];
+        // SAFETY: the caller gives us the memory; writing a whole Heap initialises it.
+        unsafe { ptr::write(h, Heap::empty(superblock::none())) };
+    }
+
+    /// A heap with no superblocks: no current superblock in any class (`none` is
+    /// [`superblock::none()`], passed in because a constant function cannot name a static), an empty
+    /// owned cache, empty lists, zero counters.
+    const fn empty(none: *mut Superblock) -> Heap {
+        const NO_LIST: List = List::new();
+        const NO_BINS: [List; FULLNESS_BINS] = [NO_LIST; FULLNESS_BINS];
+        Heap {
+            direct: [none; DIRECT_SLOTS],
+            cur: [none; NCLASSES],
+            owned: [1; OWNED_CACHE_SLOTS],
+            slack: AtomicUsize::new(0),
+            release_below: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            partial: [NO_BINS; NCLASSES],
+            full: [NO_LIST; NCLASSES],
+            empty: [NO_LIST; KINDS],
+            stats: HeapStats {
+                mallocs: Counter::new(),
+                frees: Counter::new(),
+                remote_frees: Counter::new(),
+                remote_freed_bytes: Counter::new(),
+                collected_bytes: Counter::new(),
+            },
+            all_next: ptr::null_mut(),
+            free_next: ptr::null_mut(),
+            alive: false,
+        }
+    }
+
+    /// Makes `sb` (or [`superblock::none()`]) the current superblock of class `c`, in `cur` and in the
+    /// class's direct-table slots.
+    fn set_cur(&mut self, c: usize, sb: *mut Superblock) {
+        self.cur[c] = sb;
+        let (start, end) = DIRECT_RANGE[c];
+        for slot in &mut self.direct[start as usize..end as usize] {
+            *slot = sb;
         }
     }
 
@@ -134,11 +205,41 @@ impl Heap {
         let a = self.held.load(Ordering::Relaxed);
         let by_slack = a.saturating_sub(EMPTY_SLACK_SUPERBLOCKS * SUPERBLOCK_SIZE);
         let by_fraction = a - a / EMPTY_FRACTION_INV;
-        self.release_below = by_slack.min(by_fraction);
+        self.set_release_below(by_slack.min(by_fraction));
+    }
+
+    /// `u`: bytes of blocks handed out from this heap's superblocks. From another thread, a value the
+    /// owner had recently (the two fields are read separately).
+    #[inline]
+    pub fn in_use(&self) -> usize {
+        // Relaxed: both fields have one writer, the owner; readers want statistics or are the owner.
+        self.slack.load(Ordering::Relaxed).wrapping_add(self.release_below.load(Ordering::Relaxed))
+    }
+
+    /// The threshold below which frees enforce the emptiness invariant.
+    #[inline]
+    pub fn release_below(&self) -> usize {
+        // Relaxed: owner writes; see in_use.
+        self.release_below.load(Ordering::Relaxed)
+    }
+
+    /// True when `u < release_below`: the emptiness invariant may need restoring.
+    #[inline(always)]
+    fn below_threshold(&self) -> bool {
+        // Relaxed: see in_use. Both values stay far below 2^63, so the sign of the difference decides.
+        (self.slack.load(Ordering::Relaxed) as isize) < 0
+    }
+
+    /// Moves the threshold, keeping `u` unchanged (owner only).
+    fn set_release_below(&mut self, v: usize) {
+        let u = self.in_use();
+        // Relaxed: single writer (the owner); see in_use.
+        self.release_below.store(v, Ordering::Relaxed);
+        self.slack.store(u.wrapping_sub(v), Ordering::Relaxed);
     }
 
     fn bin_of(sb: &Superblock) -> usize {
-        ((sb.used as usize * FULLNESS_BINS) / sb.capacity as usize).min(FULLNESS_BINS - 1)
+        ((sb.used() as usize * FULLNESS_BINS) / sb.capacity as usize).min(FULLNESS_BINS - 1)
     }
 
     /// Puts an owned, detached, non-empty, non-full superblock on the partial list of its fullness bin.
@@ -151,7 +252,7 @@ impl Heap {
         // The bin is assigned here, when the superblock leaves the current slot or the full list, and
         // not updated by later frees (a superblock on a partial list only gets emptier, so its bin
         // overstates its fullness): frees take the slow path only when it empties.
-        r.rebin_below = 1;
+        r.set_rebin_below(1);
         // SAFETY: sb is detached and ours.
         unsafe { self.partial[r.class as usize][bin].push_front(sb) };
         self.recompute_threshold();
@@ -164,7 +265,7 @@ impl Heap {
         // It moves back to a partial bin once an eighth of it is free (at least one block), so that when
         // it becomes current again it serves a run of allocations: under random frees, moving it back at
         // the first free would make superblocks cycle current -> full -> partial every few allocations.
-        r.rebin_below = r.capacity - (r.capacity / FULL_REFILL_FRACTION_INV).max(1) + 1;
+        r.set_rebin_below(r.capacity - (r.capacity / FULL_REFILL_FRACTION_INV).max(1) + 1);
         // SAFETY: sb is detached and ours.
         unsafe { self.full[r.class as usize].push_back(sb) };
     }
@@ -173,7 +274,7 @@ impl Heap {
         // SAFETY: the caller passes a superblock this heap owns.
         let r = unsafe { &mut *sb };
         r.place = Place::Empty;
-        r.rebin_below = 0;
+        r.set_rebin_below(0);
         // SAFETY: sb is detached and ours.
         unsafe { self.empty[kind_of(r.class as usize)].push_front(sb) };
         self.recompute_threshold();
@@ -189,7 +290,7 @@ impl Heap {
                 Place::Partial => self.partial[c][r.bin as usize].remove(sb),
                 Place::Full => self.full[c].remove(sb),
                 Place::Empty => self.empty[kind_of(c)].remove(sb),
-                Place::Current => self.cur[c] = superblock::none(),
+                Place::Current => self.set_cur(c, superblock::none()),
                 _ => {}
             }
         }
@@ -206,7 +307,7 @@ impl Heap {
         r.owner.store(me, Ordering::Relaxed);
         self.owned[owned_slot(sb as usize)] = sb as usize;
         add_usize(&self.held, r.size());
-        add_usize(&self.in_use, r.used as usize * r.block_size as usize);
+        add_usize(&self.slack, r.used() as usize * r.block_size as usize);
         self.collect(r);
         self.recompute_threshold();
     }
@@ -216,7 +317,7 @@ impl Heap {
         let n = r.collect_remote();
         if n != 0 {
             let bytes = n as usize * r.block_size as usize;
-            sub_usize(&self.in_use, bytes);
+            sub_usize(&self.slack, bytes);
             self.stats.collected_bytes.add(bytes as u64);
         }
         n
@@ -231,7 +332,7 @@ impl Heap {
             self.owned[slot] = 1;
         }
         sub_usize(&self.held, r.size());
-        sub_usize(&self.in_use, r.used as usize * r.block_size as usize);
+        sub_usize(&self.slack, r.used() as usize * r.block_size as usize);
         self.recompute_threshold();
         // SAFETY: sb was ours, is detached, and is off our accounts.
         unsafe { global::give(sb) };
@@ -240,7 +341,7 @@ impl Heap {
     /// Restores the emptiness invariant: while `u < a - K*S` and `u < (1-f) a`, move a superblock that
     /// is at least f empty (an empty one first, then the emptiest partial ones) to the global heap.
     fn enforce_emptiness(&mut self) {
-        while self.in_use.load(Ordering::Relaxed) < self.release_below {
+        while self.below_threshold() {
             let mut victim = self.empty[0].pop_back();
             if victim.is_null() {
                 victim = self.empty[1].pop_back();
@@ -265,7 +366,7 @@ impl Heap {
                     while !sb.is_null() {
                         // SAFETY: nodes of our lists are our superblocks.
                         let r = unsafe { &*sb };
-                        if (r.used as usize) * EMPTY_FRACTION_INV <= r.capacity as usize * (EMPTY_FRACTION_INV - 1) {
+                        if (r.used() as usize) * EMPTY_FRACTION_INV <= r.capacity as usize * (EMPTY_FRACTION_INV - 1) {
                             // SAFETY: sb is on this list.
                             unsafe { self.partial[c][FULLNESS_BINS - 1].remove(sb) };
                             victim = sb;
@@ -278,7 +379,7 @@ impl Heap {
             if victim.is_null() {
                 // Nothing can go (only current superblocks remain): stop checking on every free until
                 // a superblock enters a partial bin or the empty list again (which re-arms the check).
-                self.release_below = 0;
+                self.set_release_below(0);
                 return;
             }
             // SAFETY: victim was just taken off one of our lists.
@@ -296,8 +397,8 @@ impl Heap {
         // SAFETY: find returns an owned, detached superblock of class c.
         let r = unsafe { &mut *sb };
         r.place = Place::Current;
-        r.rebin_below = 0;
-        self.cur[c] = sb;
+        r.set_rebin_below(0);
+        self.set_cur(c, sb);
         true
     }
 
@@ -338,7 +439,7 @@ impl Heap {
             }
             self.adopt(sb);
             // SAFETY: sb is now ours.
-            if unsafe { (*sb).used < (*sb).capacity } {
+            if unsafe { (*sb).used() < (*sb).capacity } {
                 return sb;
             }
             self.put_full(sb);
@@ -355,7 +456,7 @@ impl Heap {
             assert_eq!(r.owner.load(Ordering::Relaxed), me, "owner");
             assert_eq!(r.place, place, "place");
             r.check();
-            u += r.used as usize * r.block_size as usize;
+            u += r.used() as usize * r.block_size as usize;
             held += r.size();
         };
         for c in 0..NCLASSES {
@@ -376,12 +477,18 @@ impl Heap {
         }
         for (k, list) in self.empty.iter().enumerate() {
             list.check(|r| {
-                assert_eq!(r.used, 0, "empty superblock has live blocks");
+                assert_eq!(r.used(), 0, "empty superblock has live blocks");
                 assert_eq!(kind_of(r.class as usize), k, "empty superblock on the list of its kind");
                 visit(r, Place::Empty)
             });
         }
-        assert_eq!(u, self.in_use.load(Ordering::Relaxed), "u equals the sum of used blocks");
+        assert_eq!(u, self.in_use(), "u equals the sum of used blocks");
+        for c in 0..NCLASSES {
+            let (start, end) = DIRECT_RANGE[c];
+            for slot in start as usize..end as usize {
+                assert_eq!(self.direct[slot], self.cur[c], "direct slot {slot} follows class {c}");
+            }
+        }
         for (i, &sb) in self.owned.iter().enumerate() {
             if sb != 1 {
                 assert_eq!(owned_slot(sb), i, "owned-cache slot");
@@ -405,19 +512,48 @@ impl Heap {
 /// `h` is the calling thread's heap.
 #[inline(always)]
 pub unsafe fn alloc(h: *mut Heap, c: usize) -> *mut u8 {
-    // SAFETY: h is the caller's own heap; cur[c] is a superblock it owns or the never-written empty
-    // placeholder, whose free list is empty.
+    // SAFETY: h is the caller's own heap, cur[c] its current superblock of class c (or the placeholder).
     unsafe {
-        let sb = (*h).cur[c];
-        let b = (*sb).free;
+        let b = pop(h, (*h).cur[c]);
         if !b.is_null() {
-            (*sb).free = (*b).next;
-            (*sb).used += 1;
-            add_usize(&(*h).in_use, (*sb).block_size as usize);
-            (*h).stats.mallocs.add(1);
-            return b.cast();
+            return b;
         }
         alloc_slow(h, c)
+    }
+}
+
+/// Pops a block for a request of `size <= DIRECT_MAX` bytes from the current superblock of its class,
+/// read from the direct table (no class computation); null when that superblock has no free block
+/// (or `h` is [`no_heap()`]): the caller then takes [`alloc`]'s path, whose slow path refills.
+///
+/// # Safety
+/// `h` is the calling thread's heap or [`no_heap()`].
+#[inline(always)]
+pub unsafe fn pop_direct(h: *mut Heap, size: usize) -> *mut u8 {
+    debug_assert!(size <= DIRECT_MAX);
+    // SAFETY: a direct slot holds the current superblock of the size's class, or the never-written
+    // placeholder (always so in NO_HEAP), whose free list is empty: pop writes nothing then.
+    unsafe { pop(h, (*h).direct[direct_slot(size)]) }
+}
+
+/// Pops a block off `sb`'s free list and counts it; null when the list is empty.
+///
+/// # Safety
+/// `h` is the calling thread's heap and `sb` one of its current superblocks or the never-written
+/// placeholder, whose free list is empty.
+#[inline(always)]
+unsafe fn pop(h: *mut Heap, sb: *mut Superblock) -> *mut u8 {
+    // SAFETY: see the function's contract: only the owner touches sb's free list and counts.
+    unsafe {
+        let b = (*sb).free;
+        if b.is_null() {
+            return ptr::null_mut();
+        }
+        (*sb).free = (*b).next;
+        (*sb).add_used(1);
+        add_usize(&(*h).slack, (*sb).block_size as usize);
+        (*h).stats.mallocs.add(1);
+        b.cast()
     }
 }
 
@@ -436,7 +572,7 @@ pub unsafe fn alloc_slow(h: *mut Heap, c: usize) -> *mut u8 {
         // SAFETY: the current superblock is ours.
         let r = unsafe { &mut *sb };
         if heap.collect(r) == 0 && !r.carve() {
-            heap.cur[c] = superblock::none();
+            heap.set_cur(c, superblock::none());
             r.place = Place::Detached;
             heap.put_full(sb);
         }
@@ -499,11 +635,20 @@ pub(super) unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block
         }
         (*b).next = head;
         (*sb).free = b;
-        (*sb).used -= 1;
-        sub_usize(&(*h).in_use, (*sb).block_size as usize);
         (*h).stats.frees.add(1);
-        if (*sb).used < (*sb).rebin_below || (*h).in_use.load(Ordering::Relaxed) < (*h).release_below {
-            free_slow(h, sb);
+        // Each difference is updated and tested at once, so the branch uses the flags of the update.
+        // `used < rebin_below`: the superblock crossed its fullness boundary.
+        (*sb).sub_used(1);
+        if (*sb).headroom < 0 {
+            free_slow(h, sb, (*sb).block_size as usize);
+            return;
+        }
+        // `u < release_below`: the emptiness invariant may be broken.
+        let slack = (*h).slack.load(Ordering::Relaxed).wrapping_sub((*sb).block_size as usize);
+        // Relaxed: single writer (the owner); see Heap::in_use.
+        (*h).slack.store(slack, Ordering::Relaxed);
+        if (slack as isize) < 0 {
+            free_slow(h, sb, 0);
         }
     }
 }
@@ -552,18 +697,20 @@ fn double_free(func: &str, b: *mut Block) -> ! {
 }
 
 /// The local free slow path: moves the superblock between fullness groups (full -> partial, bin
-/// changes, empty) and restores the emptiness invariant.
+/// changes, empty) and restores the emptiness invariant. `pending`: bytes the fast path has not yet
+/// taken off `u` (it branches here before that update when the superblock crossed its boundary).
 ///
 /// # Safety
 /// `h` is the calling thread's heap and owns `sb`.
 #[cold]
 #[inline(never)]
-unsafe fn free_slow(h: *mut Heap, sb: *mut Superblock) {
+unsafe fn free_slow(h: *mut Heap, sb: *mut Superblock, pending: usize) {
     // SAFETY: h is ours and owns sb.
     let (heap, r) = unsafe { (&mut *h, &mut *sb) };
-    if r.place != Place::Current && r.used < r.rebin_below {
+    sub_usize(&heap.slack, pending);
+    if r.place != Place::Current && r.headroom < 0 {
         heap.detach(sb);
-        if r.used == 0 {
+        if r.used() == 0 {
             heap.put_empty(sb);
             let k = kind_of(r.class as usize);
             if heap.empty[k].len > HEAP_EMPTY_KEEP[k] {
@@ -590,7 +737,7 @@ pub unsafe fn abandon(h: *mut Heap) {
     for c in 0..NCLASSES {
         let sb = heap.cur[c];
         if sb != superblock::none() {
-            heap.cur[c] = superblock::none();
+            heap.set_cur(c, superblock::none());
             // SAFETY: the current superblock is ours.
             unsafe { (*sb).place = Place::Detached };
             heap.release_collected(sb);

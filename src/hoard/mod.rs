@@ -24,9 +24,9 @@ pub mod list;
 pub mod superblock;
 pub mod thread;
 
-use crate::config::{MAX_MEDIUM_SIZE, MAX_SMALL_ALIGN, MIN_ALIGN, SUPERBLOCK_SIZE};
+use crate::config::{MAX_MEDIUM_SIZE, MAX_SMALL_ALIGN, MIN_ALIGN, SUPERBLOCK_HEADER, SUPERBLOCK_SIZE};
 use crate::ffi::types::rallocs_stats_t;
-use crate::size_class::{class_of, class_of_aligned, class_size};
+use crate::size_class::{class_of, class_of_aligned, class_size, DIRECT_MAX};
 use core::ptr;
 use core::sync::atomic::Ordering;
 use superblock::Superblock;
@@ -37,6 +37,21 @@ use superblock::Superblock;
 /// happens only on the slow path: while tracing, threads have no heap in the fast slot.
 #[inline(always)]
 pub fn malloc(size: usize, record: bool) -> *mut u8 {
+    if size <= DIRECT_MAX {
+        // SAFETY: fast() is the calling thread's heap, or NO_HEAP, whose direct table holds only the
+        // empty placeholder: the pop fails and the call goes on below.
+        let b = unsafe { heap::pop_direct(thread::fast(), size) };
+        if !b.is_null() {
+            return b;
+        }
+    }
+    malloc_class(size, record)
+}
+
+/// Small sizes whose current superblock is exhausted, medium sizes: the thread heap's class path (its
+/// slow path refills); otherwise [`malloc_slow`].
+#[inline(never)]
+fn malloc_class(size: usize, record: bool) -> *mut u8 {
     if size <= MAX_MEDIUM_SIZE {
         let h = thread::current();
         if !h.is_null() {
@@ -136,13 +151,16 @@ pub unsafe fn free(p: *mut u8, func: &str, record: bool) {
     // address-map lookup; the cache is exact). While tracing, `current()` is null and every free takes
     // the checked path, where it is recorded.
     let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
-    let h = thread::current();
-    // SAFETY: h is the calling thread's heap when not null; a hit in its exact owned cache means `chunk`
-    // is a superblock header of ours owned by h, and the block check makes `p` one of its blocks.
+    let h = thread::fast();
+    // SAFETY: h is the calling thread's heap or NO_HEAP (whose owned cache is empty); a hit in its
+    // exact owned cache means `chunk` is a superblock header of ours owned by h, and the block check
+    // makes `p` one of its blocks.
     unsafe {
-        if !h.is_null() && (*h).owned[heap::owned_slot(chunk)] == chunk {
+        if heap::owns(h, chunk) {
             let sb = chunk as *mut Superblock;
-            if (*sb).is_block_start(p) {
+            // The superblock starts at `chunk` (small, or the first 64 KiB of a medium one), so the
+            // offset from its data area is the low bits of `p` less the header.
+            if (*sb).is_block_offset(((p as usize) & (SUPERBLOCK_SIZE - 1)).wrapping_sub(SUPERBLOCK_HEADER)) {
                 heap::free_local(h, sb, p.cast(), func);
                 return;
             }

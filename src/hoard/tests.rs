@@ -192,7 +192,7 @@ fn emptiness_invariant_bounds_a_thread_heap() {
     }
     let h = thread::current();
     // SAFETY: our own heap; counters read with relaxed loads.
-    let (u, a) = unsafe { ((*h).in_use.load(Ordering::Relaxed), (*h).held.load(Ordering::Relaxed)) };
+    let (u, a) = unsafe { ((*h).in_use(), (*h).held.load(Ordering::Relaxed)) };
     let k = crate::config::EMPTY_SLACK_SUPERBLOCKS * SUPERBLOCK_SIZE;
     assert!(
         !(u < a.saturating_sub(k) && u < a - a / crate::config::EMPTY_FRACTION_INV),
@@ -268,7 +268,7 @@ fn frees_do_not_stay_on_the_slow_path_when_nothing_can_be_released() {
         }
     }
     // SAFETY: our own heap.
-    let (u, below) = unsafe { ((*h).in_use.load(Ordering::Relaxed), (*h).release_below) };
+    let (u, below) = unsafe { ((*h).in_use(), (*h).release_below()) };
     assert!(u >= below, "free path still armed: u = {u}, release_below = {below}");
     for p in keep {
         tfree(p as *mut u8, "test", false);

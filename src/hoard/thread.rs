@@ -3,7 +3,8 @@
 //! A replacement malloc in a shared library must not reach thread-local storage through
 //! `__tls_get_addr` (the general-dynamic model), which may itself call malloc. On x86-64 the slot is a
 //! `.tbss` variable declared in assembly and read with the initial-exec model (`@GOTTPOFF`): two
-//! instructions, no call. Elsewhere the slot is a pthread key (a libc call, slower but correct).
+//! instructions, no call. Elsewhere the slot is a pthread key (a libc call, slower but correct). A
+//! thread without a heap reads [`no_heap()`] from [`fast()`], never null.
 //!
 //! Two slots: the fast paths read `current()`; while the trace recorder is on (`RALLOCS_TRACE`), a
 //! thread's heap lives in the second slot (`traced()`) instead, so that every call misses the fast
@@ -12,18 +13,24 @@
 //! Thread exit: a pthread key (created during initialisation, before any thread heap exists) has a
 //! destructor that abandons the thread's heap; see `heap::abandon`.
 
-use super::heap::Heap;
+use super::heap::{no_heap, Heap};
 
+// The heap slot starts out (in every thread) pointing at `NO_HEAP`, so the fast paths need no null
+// check. Its initial value is a relocated address in `.tdata`: the dynamic linker copies a module's
+// TLS image into a thread only after relocating the module (and before any allocator call).
 #[cfg(target_arch = "x86_64")]
 core::arch::global_asm!(
-    ".pushsection .tbss,\"awT\",@nobits",
+    ".pushsection .tdata,\"awT\",@progbits",
     ".p2align 3",
     ".globl __rallocs_tls_heap",
     ".hidden __rallocs_tls_heap",
     ".type __rallocs_tls_heap,@object",
     ".size __rallocs_tls_heap,8",
     "__rallocs_tls_heap:",
-    ".zero 8",
+    ".quad {no_heap}",
+    ".popsection",
+    ".pushsection .tbss,\"awT\",@nobits",
+    ".p2align 3",
     ".globl __rallocs_tls_traced_heap",
     ".hidden __rallocs_tls_traced_heap",
     ".type __rallocs_tls_traced_heap,@object",
@@ -31,12 +38,13 @@ core::arch::global_asm!(
     "__rallocs_tls_traced_heap:",
     ".zero 8",
     ".popsection",
+    no_heap = sym super::heap::NO_HEAP,
 );
 
-/// The calling thread's heap, or null if it has none yet.
+/// The calling thread's heap for the fast paths: [`no_heap()`] (never null) while it has none.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub fn current() -> *mut Heap {
+pub fn fast() -> *mut Heap {
     let h: *mut Heap;
     // SAFETY: reads this thread's 8-byte TLS slot declared above, through its GOT entry (initial-exec
     // model); touches no other memory.
@@ -51,10 +59,22 @@ pub fn current() -> *mut Heap {
     h
 }
 
-/// Sets the calling thread's heap.
+/// The calling thread's heap, or null if it has none yet.
+#[inline(always)]
+pub fn current() -> *mut Heap {
+    let h = fast();
+    if h == no_heap() {
+        core::ptr::null_mut()
+    } else {
+        h
+    }
+}
+
+/// Sets the calling thread's heap (null: none).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub fn set_current(h: *mut Heap) {
+    let h = if h.is_null() { no_heap() } else { h };
     // SAFETY: writes this thread's 8-byte TLS slot declared above and nothing else.
     unsafe {
         core::arch::asm!(
@@ -113,10 +133,15 @@ pub fn any() -> *mut Heap {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-pub fn current() -> *mut Heap {
+pub fn fast() -> *mut Heap {
     // SAFETY: the key is created during initialisation, before any heap exists; before that (or for an
     // invalid key) pthread_getspecific returns NULL.
-    unsafe { libc::pthread_getspecific(super::heap::thread_key()).cast() }
+    let h: *mut Heap = unsafe { libc::pthread_getspecific(super::heap::thread_key()).cast() };
+    if h.is_null() {
+        no_heap()
+    } else {
+        h
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
