@@ -106,6 +106,10 @@ enum Owner {
 /// Classifies `p` (non-null) or aborts naming `func`.
 #[inline(always)]
 fn owner_of(p: *mut u8, func: &str) -> Owner {
+    let sb = owned_superblock(thread::fast(), p);
+    if !sb.is_null() {
+        return Owner::Small(sb);
+    }
     let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
     // (A superblock's first byte is its header: `p == chunk` fails the block check below.)
     if addrmap::kind(chunk) == addrmap::SUPERBLOCK {
@@ -150,23 +154,36 @@ pub unsafe fn free(p: *mut u8, func: &str, record: bool) {
     // Fastest: a block of a superblock this thread's heap owns, found in the heap's owned cache (no
     // address-map lookup; the cache is exact). While tracing, `current()` is null and every free takes
     // the checked path, where it is recorded.
-    let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
     let h = thread::fast();
-    // SAFETY: h is the calling thread's heap or NO_HEAP (whose owned cache is empty); a hit in its
-    // exact owned cache means `chunk` is a superblock header of ours owned by h, and the block check
-    // makes `p` one of its blocks.
+    let sb = owned_superblock(h, p);
+    // SAFETY: a non-null sb is a superblock h owns and p one of its carved blocks (owned_superblock);
+    // the caller gives p up.
     unsafe {
-        if heap::owns(h, chunk) {
-            let sb = chunk as *mut Superblock;
-            // The superblock starts at `chunk` (small, or the first 64 KiB of a medium one), so the
-            // offset from its data area is the low bits of `p` less the header.
-            if (*sb).is_block_offset(((p as usize) & (SUPERBLOCK_SIZE - 1)).wrapping_sub(SUPERBLOCK_HEADER)) {
-                heap::free_local(h, sb, p.cast(), func);
-                return;
-            }
+        if !sb.is_null() {
+            heap::free_local(h, sb, p.cast(), func);
+            return;
         }
         free_checked(p, func, record)
     }
+}
+
+/// The superblock of `p` when `p` is a carved block of a superblock that heap `h` (the calling thread's
+/// heap or NO_HEAP) owns, found in its exact owned cache without an address-map lookup; else null.
+#[inline(always)]
+fn owned_superblock(h: *mut heap::Heap, p: *mut u8) -> *mut Superblock {
+    let chunk = (p as usize) & !(SUPERBLOCK_SIZE - 1);
+    // SAFETY: h is a heap or NO_HEAP (whose owned cache is empty). A hit in the exact owned cache
+    // means a superblock header of ours, owned by h, is at `chunk` (small, or the first 64 KiB of a
+    // medium one), so the offset from its data area is the low bits of `p` less the header.
+    unsafe {
+        if heap::owns(h, chunk) {
+            let sb = chunk as *mut Superblock;
+            if (*sb).is_block_offset(((p as usize) & (SUPERBLOCK_SIZE - 1)).wrapping_sub(SUPERBLOCK_HEADER)) {
+                return sb;
+            }
+        }
+    }
+    ptr::null_mut()
 }
 
 /// Frees `p` after checking it in the address map: NULL, superblocks not in the owned cache, remote
@@ -275,13 +292,20 @@ pub unsafe fn realloc(p: *mut u8, size: usize, func: &str) -> *mut u8 {
     // O(n) bytes and maps O(log n) times in all (the headroom is address space: pages not written stay
     // unallocated).
     let mut new_size = size;
-    if size > old && size > MAX_MEDIUM_SIZE {
-        if let Owner::Large(span) = owner {
-            if large::resize_in_place(span, size) {
-                return p;
+    if size > old {
+        if size > MAX_MEDIUM_SIZE {
+            if let Owner::Large(span) = owner {
+                if large::resize_in_place(span, size) {
+                    return p;
+                }
             }
+            new_size = size.max(old.saturating_mul(2));
+        } else {
+            // A small or medium block that outgrows its class moves with 50% headroom (about two
+            // classes up): a buffer grown step by step then moves half as often and copies about
+            // 3x its final size in all instead of 5x.
+            new_size = size.max(old + old / 2);
         }
-        new_size = size.max(old.saturating_mul(2));
     }
     let mut q = malloc(new_size, false);
     if q.is_null() && new_size != size {
