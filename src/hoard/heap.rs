@@ -4,17 +4,21 @@
 //! superblocks in fullness bins (the fullest is taken first; a superblock's bin is set when it enters
 //! a partial list and not moved by later frees, which only make it emptier), and full superblocks; plus a few empty
 //! superblocks of any class. `u` (`in_use`) is the bytes of blocks handed out from the heap's
-//! superblocks, `a` (`held`) the bytes of superblocks it holds.
+//! superblocks, `a` the bytes of the superblocks it holds other than its current ones (`held` minus
+//! `cur_held`).
 //!
 //! **Emptiness invariant (Hoard):** after every free, NOT (`u < a - K*S` and `u < (1 - f) * a`): when both
 //! hold, superblocks that are at least f empty move to the global heap until one fails. With f = 1/4 and
 //! K = 4 ([`EMPTY_FRACTION_INV`], [`EMPTY_SLACK_SUPERBLOCKS`]), a heap holds at most
-//! `max(u + K*S, u / (1 - f))` bytes, so the whole process holds O(live bytes + threads * K * S),
-//! whatever the producer/consumer pattern. Blocks freed by other threads still count in `u` until the
-//! owner collects them; the owner collects on its slow path before taking a new superblock. Current
-//! superblocks (at most one per class) are never moved: when only they are left, the check is disarmed
-//! until a superblock enters a partial bin or the empty list, so frees do not keep taking the slow
-//! path. A heap may therefore hold up to NCLASSES current superblocks beyond the bound.
+//! `max(u + K*S, u / (1 - f))` bytes besides its current superblocks (at most one per class, which
+//! never move), so the whole process holds O(live bytes + threads * (K + NCLASSES) * S), whatever the
+//! producer/consumer pattern. `u` counts the current superblocks' blocks too, which only makes the test
+//! fire less often. Leaving current superblocks out of `a` keeps a heap whose live blocks are spread
+//! over many classes from handing superblocks to the global heap and taking them back at the next
+//! refill. Blocks freed by other threads still count in `u` until the owner collects them; the owner
+//! collects on its slow path before taking a new superblock. When no superblock can move (only current
+//! ones remain), the check is disarmed until a superblock enters a partial bin or the empty list, so
+//! frees do not keep taking the slow path.
 //!
 //! Fast paths ([`alloc`], [`free_local`]) and their slow paths sit side by side below.
 
@@ -91,6 +95,8 @@ pub struct Heap {
     release_below: AtomicUsize,
     /// `a`: bytes of superblocks this heap holds (owner writes, anyone reads).
     pub held: AtomicUsize,
+    /// Bytes of its current superblocks (owner only): left out of `a` in the emptiness test.
+    cur_held: usize,
     partial: [[List; FULLNESS_BINS]; NCLASSES],
     full: [List; NCLASSES],
     /// Empty superblocks of each kind (small, medium), any class.
@@ -175,6 +181,7 @@ impl Heap {
             slack: AtomicUsize::new(0),
             release_below: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            cur_held: 0,
             partial: [NO_BINS; NCLASSES],
             full: [NO_LIST; NCLASSES],
             empty: [NO_LIST; KINDS],
@@ -194,6 +201,16 @@ impl Heap {
     /// Makes `sb` (or [`superblock::none()`]) the current superblock of class `c`, in `cur` and in the
     /// class's direct-table slots.
     fn set_cur(&mut self, c: usize, sb: *mut Superblock) {
+        let old = self.cur[c];
+        if old != superblock::none() {
+            // SAFETY: a current superblock is ours.
+            self.cur_held -= unsafe { (*old).size() };
+        }
+        if sb != superblock::none() {
+            // SAFETY: the caller passes a superblock of ours.
+            self.cur_held += unsafe { (*sb).size() };
+        }
+        self.recompute_threshold();
         self.cur[c] = sb;
         let (start, end) = DIRECT_RANGE[c];
         for slot in &mut self.direct[start as usize..end as usize] {
@@ -202,10 +219,20 @@ impl Heap {
     }
 
     fn recompute_threshold(&mut self) {
-        let a = self.held.load(Ordering::Relaxed);
+        // Current superblocks never move, so they are left out of `a`: counting them would break the
+        // invariant for a heap that only has current superblocks and a few others, and make it hand
+        // superblocks to the global heap only to take them back at the next refill.
+        let a = self.held_not_current();
         let by_slack = a.saturating_sub(EMPTY_SLACK_SUPERBLOCKS * SUPERBLOCK_SIZE);
         let by_fraction = a - a / EMPTY_FRACTION_INV;
         self.set_release_below(by_slack.min(by_fraction));
+    }
+
+    /// `a` of the emptiness invariant: bytes of the superblocks this heap holds other than its current
+    /// ones (owner only).
+    pub fn held_not_current(&self) -> usize {
+        // Relaxed: single writer, the owner (the caller).
+        self.held.load(Ordering::Relaxed).saturating_sub(self.cur_held)
     }
 
     /// `u`: bytes of blocks handed out from this heap's superblocks. From another thread, a value the
@@ -498,6 +525,8 @@ impl Heap {
             }
         }
         assert_eq!(held, self.held.load(Ordering::Relaxed), "a equals the superblocks held");
+        let cur_held: usize = self.cur.iter().filter(|&&sb| sb != superblock::none()).map(|&sb| unsafe { (*sb).size() }).sum();
+        assert_eq!(cur_held, self.cur_held, "cur_held equals the current superblocks' bytes");
     }
 }
 

@@ -192,7 +192,7 @@ fn emptiness_invariant_bounds_a_thread_heap() {
     }
     let h = thread::current();
     // SAFETY: our own heap; counters read with relaxed loads.
-    let (u, a) = unsafe { ((*h).in_use(), (*h).held.load(Ordering::Relaxed)) };
+    let (u, a) = unsafe { ((*h).in_use(), (*h).held_not_current()) };
     let k = crate::config::EMPTY_SLACK_SUPERBLOCKS * SUPERBLOCK_SIZE;
     assert!(
         !(u < a.saturating_sub(k) && u < a - a / crate::config::EMPTY_FRACTION_INV),
