@@ -658,9 +658,11 @@ pub(super) unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block
     // SAFETY: forwarded from the caller.
     unsafe {
         let head = (*sb).free;
-        // A block freed twice in a row is still the head of its list: caught for one comparison.
+        // A block freed twice in a row is still the head of its list: caught for one comparison. The
+        // slow path aborts; reaching it by a jump keeps this path free of calls (and of a stack frame).
         if head == b {
-            double_free(func, b);
+            free_slow(h, sb, DOUBLE_FREE, func);
+            return;
         }
         (*b).next = head;
         (*sb).free = b;
@@ -669,7 +671,7 @@ pub(super) unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block
         // `used < rebin_below`: the superblock crossed its fullness boundary.
         (*sb).sub_used(1);
         if (*sb).headroom < 0 {
-            free_slow(h, sb, (*sb).block_size as usize);
+            free_slow(h, sb, (*sb).block_size as usize, func);
             return;
         }
         // `u < release_below`: the emptiness invariant may be broken.
@@ -677,7 +679,7 @@ pub(super) unsafe fn free_local(h: *mut Heap, sb: *mut Superblock, b: *mut Block
         // Relaxed: single writer (the owner); see Heap::in_use.
         (*h).slack.store(slack, Ordering::Relaxed);
         if (slack as isize) < 0 {
-            free_slow(h, sb, 0);
+            free_slow(h, sb, 0, func);
         }
     }
 }
@@ -719,6 +721,9 @@ unsafe fn free_other(sb: *mut Superblock, b: *mut Block, record: bool, func: &st
     }
 }
 
+/// `pending` value of [`free_slow`] for a block freed twice.
+const DOUBLE_FREE: usize = usize::MAX;
+
 #[cold]
 #[inline(never)]
 fn double_free(func: &str, b: *mut Block) -> ! {
@@ -727,15 +732,19 @@ fn double_free(func: &str, b: *mut Block) -> ! {
 
 /// The local free slow path: moves the superblock between fullness groups (full -> partial, bin
 /// changes, empty) and restores the emptiness invariant. `pending`: bytes the fast path has not yet
-/// taken off `u` (it branches here before that update when the superblock crossed its boundary).
+/// taken off `u` (it branches here before that update when the superblock crossed its boundary), or
+/// [`DOUBLE_FREE`]: the freed block is the head of the superblock's free list (abort, naming `func`).
 ///
 /// # Safety
 /// `h` is the calling thread's heap and owns `sb`.
 #[cold]
 #[inline(never)]
-unsafe fn free_slow(h: *mut Heap, sb: *mut Superblock, pending: usize) {
+unsafe fn free_slow(h: *mut Heap, sb: *mut Superblock, pending: usize, func: &str) {
     // SAFETY: h is ours and owns sb.
     let (heap, r) = unsafe { (&mut *h, &mut *sb) };
+    if pending == DOUBLE_FREE {
+        double_free(func, r.free);
+    }
     sub_usize(&heap.slack, pending);
     if r.place != Place::Current && r.headroom < 0 {
         heap.detach(sb);
