@@ -143,10 +143,11 @@ unsafe fn wr(at: usize, v: usize) {
     unsafe { *(at as *mut usize) = v }
 }
 
-/// Capacity of a block for a request of `n` bytes (`n <= BIMP_MAX_REQUEST`): at least one unit.
+/// Capacity of a block for a request of `n` bytes (`n <= BIMP_MAX_REQUEST`). A request of 0 gets
+/// capacity 0: its block still spans `BIMP_ALIGN` bytes (size word and footer), so its pointer is
+/// unique.
 #[inline(always)]
 const fn capacity_for(n: usize) -> usize {
-    let n = if n == 0 { 1 } else { n };
     (n + ALIGN - 1) & !(ALIGN - 1)
 }
 
@@ -777,7 +778,7 @@ impl Heap {
                 if w & !CAP_MASK != HEAD || w & (ALIGN - 1) & !(FREE | PADDED) != 0 {
                     return Err("size word without the bimp tag");
                 }
-                if cap_of(w) != fcap || fcap == 0 {
+                if cap_of(w) != fcap {
                     return Err("footer does not repeat the capacity");
                 }
                 if first {
