@@ -391,17 +391,24 @@ impl Heap {
         Err(self.classify(a))
     }
 
-    /// [`Heap::validate`] without the explanation: `Err(())` for anything invalid.
+    /// The word below `a` when it may be a block's size word (`a` aligned, in `(base, top]`: the
+    /// word lies in the heap, so it can be read); `None` otherwise. Nothing is checked about the
+    /// word itself.
     #[inline(always)]
-    fn validate_fast(&self, a: usize) -> Result<usize, ()> {
-        if a.wrapping_sub(self.base + 1) < self.top.wrapping_sub(self.base) && a % ALIGN == 0 {
-            // SAFETY: as in validate.
-            let word = unsafe { rd(a - 8) };
-            if word & (!CAP_MASK | FREE) == HEAD {
-                return Ok(word);
-            }
+    fn word_below(&self, a: usize) -> Option<usize> {
+        // Three branches rather than one range compare: each is a compare with memory or an
+        // immediate, cheaper than computing the offsets.
+        if a > self.top {
+            return None;
         }
-        Err(())
+        if a <= self.base {
+            return None;
+        }
+        if a % ALIGN != 0 {
+            return None;
+        }
+        // SAFETY: as in validate.
+        Some(unsafe { rd(a - 8) })
     }
 
     /// Says why `a` failed [`Heap::validate`].
@@ -454,15 +461,21 @@ impl Heap {
             if self.pop_fast(a) {
                 return;
             }
-        } else if let Ok(word) = self.validate_fast(a) {
-            if a + cap_of(word) + FOOT != self.top {
-                // SAFETY: a is a validated live block.
-                unsafe { wr(a - 8, word | FREE) };
-                self.nfree += 1;
-                return;
-            }
-            if self.pop_top_fast(a, word) {
-                return;
+        } else if let Some(word) = self.word_below(a) {
+            // A live, unpadded block: the tag and a capacity with every flag clear (anything else,
+            // padded blocks included, goes the slow way).
+            let cap = word ^ HEAD;
+            if cap & (!CAP_MASK | (ALIGN - 1)) == 0 {
+                if a + cap + FOOT != self.top {
+                    // SAFETY: a is a validated live block.
+                    unsafe { wr(a - 8, word | FREE) };
+                    self.nfree += 1;
+                    return;
+                }
+                // The top block, which `last` does not name.
+                if self.pop_plain(a) {
+                    return;
+                }
             }
         }
         self.free_slow_c(a, func)
@@ -507,27 +520,27 @@ impl Heap {
         }
     }
 
-    /// [`Heap::pop_top_fast`] for `a == last` (the live top block, or the sentinel when `last` is
-    /// unknown or the heap is empty: its size word then says so).
+    /// [`Heap::pop_plain`] for `a == last` (the live top block, or the sentinel when `last` is
+    /// unknown or the heap is empty: its size word then says so), unless it has padding.
     #[inline(always)]
     fn pop_fast(&mut self, a: usize) -> bool {
         // SAFETY: a is the last block (live by the invariants) or the sentinel, so its size word is
         // committed heap memory.
         let word = unsafe { rd(a - 8) };
-        self.pop_top_fast(a, word)
-    }
-
-    /// The common pops of the top block `a` (size word `word`, not free): `a` alone when no block
-    /// below the top is free (`nfree == 0`: nothing below `a` is read, and the new top `a - 8` is
-    /// known without waiting for any load), or `a` and the only free block when that lies directly
-    /// beneath it. Neither may have padding, and nothing may need decommitting. `last` becomes unknown
-    /// (the sentinel). Returns false, having changed nothing, otherwise ([`Heap::pop`] then does the
-    /// general pop, out of line).
-    #[inline(always)]
-    fn pop_top_fast(&mut self, a: usize, word: usize) -> bool {
         if word & (PADDED | SENTINEL) != 0 {
             return false;
         }
+        self.pop_plain(a)
+    }
+
+    /// The common pops of the live, unpadded top block `a`: `a` alone when no block below the top is
+    /// free (`nfree == 0`: nothing below `a` is read, and the new top `a - 8` is known without
+    /// waiting for any load), or `a` and the only free block when that lies directly beneath it
+    /// without padding. Nothing may need decommitting. `last` becomes unknown (the sentinel).
+    /// Returns false, having changed nothing, otherwise ([`Heap::pop`] then does the general pop, out
+    /// of line).
+    #[inline(always)]
+    fn pop_plain(&mut self, a: usize) -> bool {
         let t = a - 8;
         if self.nfree != 0 {
             return self.pop_fast_one_more(t);
@@ -543,7 +556,7 @@ impl Heap {
         true
     }
 
-    /// The second case of [`Heap::pop_top_fast`]: the block ending at `t` must be the only free block
+    /// The second case of [`Heap::pop_plain`]: the block ending at `t` must be the only free block
     /// (so the one below it is live or the sentinel) and unpadded; then both go.
     #[inline(always)]
     fn pop_fast_one_more(&mut self, t: usize) -> bool {
