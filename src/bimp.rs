@@ -710,11 +710,11 @@ impl Heap {
             if end <= self.commit_end && end >= self.top {
                 // SAFETY: a is the last block (live by the invariants), or the sentinel when `last`
                 // is unknown, whose size word says so; the block's new extent [a, end) is
-                // committed and lies at or above the old top's footer.
+                // committed and lies at or above the old top's footer. A padded block keeps its
+                // flag on the slow path.
                 unsafe {
-                    let w = rd(a - 8);
-                    if w & SENTINEL == 0 {
-                        wr(a - 8, (w & !(CAP_MASK & !(ALIGN - 1))) | cap);
+                    if rd(a - 8) & (PADDED | SENTINEL) == 0 {
+                        wr(a - 8, HEAD | cap);
                         wr(a + cap, cap);
                         self.top = end;
                         return p;
