@@ -477,6 +477,10 @@ impl Heap {
                     return;
                 }
             }
+        } else if a == 0 {
+            // free(NULL), frequent in C programs: tested only once the pointer failed the range
+            // check, so the paths above do not pay for it.
+            return;
         }
         self.free_slow_c(a, func)
     }
