@@ -290,6 +290,50 @@ fn invalid_pointers_are_classified() {
 }
 
 #[test]
+fn after_a_fast_pop_the_top_block_is_found_by_its_end() {
+    let mut h = Heap::new(16 << 20);
+    let a = h.alloc_c(32);
+    let b = h.alloc_c(48);
+    let c = h.alloc_c(0);
+    assert!(!a.is_null() && !b.is_null() && !c.is_null());
+    h.free_c(c, "test");
+    assert_eq!(h.last, h.base, "a fast pop leaves the last block unknown");
+    h.check().unwrap();
+    assert_eq!(h.free(c), Err(Invalid::AboveTop), "a double free after a fast pop");
+    // b is the top block though `last` does not name it: found by its end, it pops.
+    h.free_c(b, "test");
+    assert_eq!(h.top, a as usize + capacity_for(32) + FOOT);
+    assert_eq!(h.free(b), Err(Invalid::AboveTop));
+    // realloc of the unnamed top block is in place, and names it again.
+    let a2 = h.realloc(NonNull::new(a).unwrap(), 100).unwrap().unwrap();
+    assert_eq!(a2.as_ptr(), a);
+    assert_eq!(h.last, a as usize);
+    h.check().unwrap();
+    // An unnamed padded top block goes the slow way and pops with its padding.
+    let x = h.alloc_c(16);
+    let p = h.alloc_aligned(16, 4096).unwrap().as_ptr();
+    let y = h.alloc_c(16);
+    h.free_c(y, "test");
+    assert_eq!(h.last, h.base);
+    h.free_c(p, "test");
+    assert_eq!(h.top, x as usize + capacity_for(16) + FOOT, "p popped with its padding");
+    h.check().unwrap();
+    // A block below an unnamed top is marked free, then popped with the top.
+    let z = h.alloc_c(16);
+    let w = h.alloc_c(16);
+    let v = h.alloc_c(16);
+    h.free_c(v, "test");
+    h.free_c(z, "test");
+    assert_eq!(h.check().unwrap().free_blocks, 1);
+    h.free_c(w, "test");
+    assert_eq!(h.top, x as usize + capacity_for(16) + FOOT, "w and z popped");
+    h.free_c(x, "test");
+    h.free_c(a, "test");
+    let st = h.check().unwrap();
+    assert_eq!((st.top_bytes, st.live_blocks, st.free_blocks), (0, 0, 0));
+}
+
+#[test]
 fn an_overflow_into_a_footer_is_reported_when_popping() {
     // A pop reads the footer below it only when a free block may lie there (nfree != 0).
     let mut h = Heap::new(16 << 20);
