@@ -562,10 +562,14 @@ impl Heap {
 
     /// The second case of [`Heap::pop_plain`]: the block ending at `t` must be the only free block
     /// (so the one below it is live or the sentinel) and unpadded; then both go.
+    ///
+    /// The block left on top is named as `last` when its footer and size word agree (else `last`
+    /// stays unknown): in the seed's `process()` pattern, the caller frees its own top block next,
+    /// and a `last` that always names it keeps that free on one well-predicted path.
     #[inline(always)]
     fn pop_fast_one_more(&mut self, t: usize) -> bool {
         // SAFETY: t is the start of a live block, so the footer below it is committed heap memory;
-        // its value is range-checked before the size word it leads to is read.
+        // each footer's value is range-checked before the size word it leads to is read.
         unsafe {
             let fcap = rd(t - FOOT);
             if fcap > t - FOOT - self.base || self.nfree != 1 {
@@ -582,6 +586,14 @@ impl Heap {
             self.nfree = 0;
             self.top = t;
             self.last = self.base;
+            // t >= floor, so its footer (the sentinel's at the floor) is heap memory.
+            let fcap = rd(t - FOOT);
+            if fcap <= t - FOOT - self.base {
+                let below = t - FOOT - fcap;
+                if rd(below - 8) == HEAD | fcap {
+                    self.last = below;
+                }
+            }
         }
         true
     }
