@@ -22,26 +22,30 @@
 //! is `BIMP_ALIGN` bytes per block. A sentinel block of capacity 0 that is never free sits at `base`.
 //!
 //! Why footers and not links to the block below: `malloc` then writes its header from the top alone,
-//! and freeing the top block sets `top = p - 8` without waiting for any load, so that a malloc/free
-//! pair has no chain of dependent memory accesses through the heap's state (the block below is
-//! looked at only to decide whether to keep popping, a well-predicted branch).
+//! and freeing the top block sets `top = p - 8` without reading anything below it, so that a
+//! malloc/free pair has no chain of dependent memory accesses through the heap's state. The block
+//! below is looked at only when a free block may lie there (`nfree != 0`), to keep popping; that is
+//! also the only time a footer is trusted, after a range check, so that an overflow into a footer is
+//! caught where it matters.
 //!
 //! Invariants (checked by [`Heap::check`]):
 //! * `res_start < base < top <= commit_end <= res_end`; `commit_end` is page-aligned; `base` is
 //!   `BIMP_ALIGN`-aligned and `top = -8 (mod BIMP_ALIGN)`.
-//! * `top` is the end (footer included) of the last block; `last` is that block's pointer (the
-//!   sentinel's when no block is left; [`NO_LAST`] before initialisation).
+//! * `top` is the end (footer included) of the last block; `last` is that block's pointer, or the
+//!   sentinel's when no block is left or after a fast pop (the new top block is then unknown until a
+//!   free finds it by its end, `top`, or an allocation sets it); [`NO_LAST`] before initialisation.
 //! * `nfree` is the number of free blocks below the top.
 //! * The last block is live: freeing the top block pops it and every free block beneath it, so a free
 //!   block always has a live block somewhere above it.
 //! * Walking down from the top through the footers reaches the sentinel; every block's footer repeats
 //!   the capacity in its size word.
 //!
-//! Costs: `alloc` is a bounds check and three stores; freeing the top block is a pop (one step per
-//! freed block beneath it; no validation needed: the pointer *is* the last block); freeing another
-//! block validates the pointer and sets one bit. Statistics walk the blocks (O(blocks)).
+//! Costs: `alloc` is a bounds check and four stores; freeing the top block is a pop (one step per
+//! freed block beneath it; no validation needed when the pointer *is* `last`, else the validation
+//! below and a compare with the top); freeing another block validates the pointer and sets one bit.
+//! Statistics walk the blocks (O(blocks)).
 //!
-//! Thread safety: the process-wide heap ([`malloc`], [`free`], ...) is guarded by one futex lock that is
+//! Thread safety: the process-wide heap ([`malloc`], [`free_c`], ...) is guarded by one futex lock that is
 //! skipped while glibc reports the process single-threaded (`__libc_single_threaded`), and always with
 //! the `bimp-single-threaded` feature. [`Heap`] itself is a plain structure, used directly by the tests.
 
@@ -74,6 +78,9 @@ const HEAD: usize = TAG << TAG_SHIFT;
 const CAP_MASK: usize = (1 << TAG_SHIFT) - 1;
 /// `last` before initialisation: odd, so never a block's address.
 const NO_LAST: usize = usize::MAX;
+/// Largest request the allocation fast paths take (larger ones, up to `BIMP_MAX_REQUEST`, go through
+/// the slow path): on x86-64 the bound is a 32-bit immediate, so that the check is one compare.
+const FAST_MAX: usize = i32::MAX as usize;
 
 const _: () = assert!(BIMP_MAX_REQUEST <= CAP_MASK + 1 && BIMP_RESERVE <= CAP_MASK);
 const _: () = assert!(ALIGN >= 16 && ALIGN % 16 == 0 && FOOT >= 8);
@@ -136,10 +143,11 @@ unsafe fn wr(at: usize, v: usize) {
     unsafe { *(at as *mut usize) = v }
 }
 
-/// Capacity of a block for a request of `n` bytes (`n <= BIMP_MAX_REQUEST`): at least one unit.
+/// Capacity of a block for a request of `n` bytes (`n <= BIMP_MAX_REQUEST`). A request of 0 gets
+/// capacity 0: its block still spans `BIMP_ALIGN` bytes (size word and footer), so its pointer is
+/// unique.
 #[inline(always)]
 const fn capacity_for(n: usize) -> usize {
-    let n = if n == 0 { 1 } else { n };
     (n + ALIGN - 1) & !(ALIGN - 1)
 }
 
@@ -151,7 +159,11 @@ pub struct Heap {
     top: usize,
     /// End of the committed part of the reservation.
     commit_end: usize,
-    /// Pointer of the last block: the sentinel when the heap is empty, [`NO_LAST`] before
+    /// `commit_end - BIMP_DECOMMIT_TRIGGER` (0 when that is negative): a pop whose new top lies
+    /// below it gives pages back, so the fast pop compares the new top with it and nothing else.
+    shrink_at: usize,
+    /// Pointer of the last block: the sentinel when the heap is empty or the last block is unknown
+    /// (after a fast pop), [`NO_LAST`] before
     /// initialisation.
     last: usize,
     /// Pointer of the sentinel block (its payload is empty; its footer starts here).
@@ -175,6 +187,7 @@ impl Heap {
         Heap {
             top: 0,
             commit_end: 0,
+            shrink_at: 0,
             last: NO_LAST,
             base: 0,
             nfree: 0,
@@ -190,6 +203,13 @@ impl Heap {
         let mut h = Heap::new(0);
         h.global = true;
         h
+    }
+
+    /// Moves the end of the committed memory to `end`, and `shrink_at` with it.
+    #[inline(always)]
+    fn set_commit_end(&mut self, end: usize) {
+        self.commit_end = end;
+        self.shrink_at = end.saturating_sub(BIMP_DECOMMIT_TRIGGER);
     }
 
     /// The top of an empty heap: the end of the sentinel.
@@ -223,7 +243,7 @@ impl Heap {
     /// reservation is exhausted or the OS refuses memory. Fast path: a bounds check and three stores.
     #[inline(always)]
     pub fn alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
-        if size <= BIMP_MAX_REQUEST {
+        if size <= FAST_MAX {
             let cap = capacity_for(size);
             let a = self.top + 8;
             if a + cap + FOOT <= self.commit_end {
@@ -237,7 +257,7 @@ impl Heap {
     /// a return or a tail call, so it needs no stack frame.
     #[inline(always)]
     pub fn alloc_c(&mut self, size: usize) -> *mut u8 {
-        if size <= BIMP_MAX_REQUEST {
+        if size <= FAST_MAX {
             let cap = capacity_for(size);
             let a = self.top + 8;
             if a + cap + FOOT <= self.commit_end {
@@ -267,7 +287,7 @@ impl Heap {
         if align <= ALIGN {
             return self.alloc(size);
         }
-        if size <= BIMP_MAX_REQUEST && align <= BIMP_MAX_REQUEST {
+        if size <= FAST_MAX && align <= FAST_MAX {
             let cap = capacity_for(size);
             let a = (self.top + 8 + align - 1) & !(align - 1);
             if a + cap + FOOT <= self.commit_end {
@@ -279,7 +299,7 @@ impl Heap {
     }
 
     /// The slow half of [`Heap::alloc`] / [`Heap::alloc_aligned`]: initialises the heap, commits
-    /// enough memory, then calls the fast path again.
+    /// enough memory, then places the block as the fast path does.
     #[cold]
     #[inline(never)]
     fn alloc_slow(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
@@ -293,11 +313,9 @@ impl Heap {
         let align = if align < ALIGN { ALIGN } else { align };
         let a = (self.top + 8 + align - 1) & !(align - 1);
         self.grow(a + cap + FOOT)?;
-        if align == ALIGN {
-            self.alloc(size)
-        } else {
-            self.alloc_aligned(size, align)
-        }
+        // Placed here rather than by calling the fast path again, which takes no request above
+        // FAST_MAX.
+        Some(self.place(a, cap, a - 8 - self.top))
     }
 
     /// Makes `[.., end)` committed; `None` past the reservation or when the OS refuses.
@@ -315,7 +333,7 @@ impl Heap {
         let start = NonNull::new(self.commit_end as *mut u8)?;
         // SAFETY: [commit_end, new_end) is page-aligned and lies inside our live reservation.
         unsafe { os::commit(start, new_end - self.commit_end) }.ok()?;
-        self.commit_end = new_end;
+        self.set_commit_end(new_end);
         Some(())
     }
 
@@ -344,7 +362,7 @@ impl Heap {
         let s = start.as_ptr() as usize;
         self.res_start = s;
         self.res_end = s + size;
-        self.commit_end = s + first;
+        self.set_commit_end(s + first);
         self.base = s + ALIGN;
         // SAFETY: the sentinel's size word and footer lie in [s, s + 2 * ALIGN), inside the first
         // committed chunk.
@@ -373,17 +391,24 @@ impl Heap {
         Err(self.classify(a))
     }
 
-    /// [`Heap::validate`] without the explanation: `Err(())` for anything invalid.
+    /// The word below `a` when it may be a block's size word (`a` aligned, in `(base, top]`: the
+    /// word lies in the heap, so it can be read); `None` otherwise. Nothing is checked about the
+    /// word itself.
     #[inline(always)]
-    fn validate_fast(&self, a: usize) -> Result<usize, ()> {
-        if a.wrapping_sub(self.base + 1) < self.top.wrapping_sub(self.base) && a % ALIGN == 0 {
-            // SAFETY: as in validate.
-            let word = unsafe { rd(a - 8) };
-            if word & (!CAP_MASK | FREE) == HEAD {
-                return Ok(word);
-            }
+    fn word_below(&self, a: usize) -> Option<usize> {
+        // Three branches rather than one range compare: each is a compare with memory or an
+        // immediate, cheaper than computing the offsets.
+        if a > self.top {
+            return None;
         }
-        Err(())
+        if a <= self.base {
+            return None;
+        }
+        if a % ALIGN != 0 {
+            return None;
+        }
+        // SAFETY: as in validate.
+        Some(unsafe { rd(a - 8) })
     }
 
     /// Says why `a` failed [`Heap::validate`].
@@ -413,7 +438,8 @@ impl Heap {
     /// Frees the block at `p` (NULL is ignored). The top block is popped together with every free
     /// block beneath it; any other block is validated and marked free in O(1).
     ///
-    /// The top block needs no validation: `p == last` means it is the live block on top.
+    /// The top block needs no validation when `p == last`: it is the live block on top. After a fast
+    /// pop `last` is unknown (the sentinel), and the top block is recognised by its end, `top`.
     #[inline(always)]
     pub fn free(&mut self, p: *mut u8) -> Result<(), Invalid> {
         let a = p as usize;
@@ -435,10 +461,25 @@ impl Heap {
             if self.pop_fast(a) {
                 return;
             }
-        } else if let Ok(word) = self.validate_fast(a) {
-            // SAFETY: a is a validated live block.
-            unsafe { wr(a - 8, word | FREE) };
-            self.nfree += 1;
+        } else if let Some(word) = self.word_below(a) {
+            // A live, unpadded block: the tag and a capacity with every flag clear (anything else,
+            // padded blocks included, goes the slow way).
+            let cap = word ^ HEAD;
+            if cap & (!CAP_MASK | (ALIGN - 1)) == 0 {
+                if a + cap + FOOT != self.top {
+                    // SAFETY: a is a validated live block.
+                    unsafe { wr(a - 8, word | FREE) };
+                    self.nfree += 1;
+                    return;
+                }
+                // The top block, which `last` does not name.
+                if self.pop_plain(a) {
+                    return;
+                }
+            }
+        } else if a == 0 {
+            // free(NULL), frequent in C programs: tested only once the pointer failed the range
+            // check, so the paths above do not pay for it.
             return;
         }
         self.free_slow_c(a, func)
@@ -452,10 +493,12 @@ impl Heap {
         }
     }
 
-    /// Frees a block that is not the top one: validate it and set its free bit.
+    /// Frees a block that `last` does not name: validate it, then pop it if it is the top block
+    /// (it ends at `top`), else set its free bit.
     #[inline(never)]
     fn free_below(&mut self, a: usize) -> Result<(), Invalid> {
         match self.validate(a) {
+            Ok(word) if a + cap_of(word) + FOOT == self.top => self.pop(a),
             Ok(word) => {
                 // SAFETY: a is a validated live block.
                 unsafe { wr(a - 8, word | FREE) };
@@ -481,65 +524,76 @@ impl Heap {
         }
     }
 
-    /// The common pops: the last block `a` alone when no block below the top is free (`nfree == 0`:
-    /// the block below is not even read, its footer gives the new `last`, and the new top `a - 8` is
-    /// known without waiting for any load), or `a` and one free block directly beneath it above a
-    /// live one. Neither may have padding, and nothing may need decommitting. Returns false, having
-    /// changed nothing, otherwise ([`Heap::pop`] then does the general pop, out of line).
+    /// [`Heap::pop_plain`] for `a == last` (the live top block, or the sentinel when `last` is
+    /// unknown or the heap is empty: its size word then says so), unless it has padding.
     #[inline(always)]
     fn pop_fast(&mut self, a: usize) -> bool {
-        // SAFETY: a is the last block (live by the invariants), so its size word and the footer of
-        // the block below (just under its start) are committed heap memory; each footer's value is
-        // range-checked before the word it leads to is read.
-        unsafe {
-            if rd(a - 8) & (PADDED | SENTINEL) != 0 {
-                return false;
-            }
-            let t = a - 8;
-            let fcap = rd(t - FOOT);
-            if fcap > t - FOOT - self.base {
-                return false;
-            }
-            if self.nfree != 0 {
-                return self.pop_fast_one_more(t, fcap);
-            }
-            if self.commit_end - t > BIMP_DECOMMIT_TRIGGER {
-                return false;
-            }
-            if self.top > self.peak {
-                self.peak = self.top;
-            }
-            self.last = t - FOOT - fcap;
-            self.top = t;
+        // SAFETY: a is the last block (live by the invariants) or the sentinel, so its size word is
+        // committed heap memory.
+        let word = unsafe { rd(a - 8) };
+        if word & (PADDED | SENTINEL) != 0 {
+            return false;
         }
+        self.pop_plain(a)
+    }
+
+    /// The common pops of the live, unpadded top block `a`: `a` alone when no block below the top is
+    /// free (`nfree == 0`: nothing below `a` is read, and the new top `a - 8` is known without
+    /// waiting for any load), or `a` and the only free block when that lies directly beneath it
+    /// without padding. Nothing may need decommitting. `last` becomes unknown (the sentinel).
+    /// Returns false, having changed nothing, otherwise ([`Heap::pop`] then does the general pop, out
+    /// of line).
+    #[inline(always)]
+    fn pop_plain(&mut self, a: usize) -> bool {
+        let t = a - 8;
+        if self.nfree != 0 {
+            return self.pop_fast_one_more(t);
+        }
+        if t < self.shrink_at {
+            return false;
+        }
+        if self.top > self.peak {
+            self.peak = self.top;
+        }
+        self.top = t;
+        self.last = self.base;
         true
     }
 
-    /// The second case of [`Heap::pop_fast`]: the block ending at `t` (capacity `fcap`) must be free
-    /// and unpadded and the block below it live and unpadded; then both go.
+    /// The second case of [`Heap::pop_plain`]: the block ending at `t` must be the only free block
+    /// (so the one below it is live or the sentinel) and unpadded; then both go.
+    ///
+    /// The block left on top is named as `last` when its footer and size word agree (else `last`
+    /// stays unknown): in the seed's `process()` pattern, the caller frees its own top block next,
+    /// and a `last` that always names it keeps that free on one well-predicted path.
     #[inline(always)]
-    fn pop_fast_one_more(&mut self, t: usize, fcap: usize) -> bool {
-        // SAFETY: `fcap` was range-checked, so the block ending at `t` lies above the sentinel and
-        // its size word can be read; the next footer is range-checked the same way.
+    fn pop_fast_one_more(&mut self, t: usize) -> bool {
+        // SAFETY: t is the start of a live block, so the footer below it is committed heap memory;
+        // each footer's value is range-checked before the size word it leads to is read.
         unsafe {
-            let q = t - FOOT - fcap;
-            if rd(q - 8) != HEAD | FREE | fcap {
+            let fcap = rd(t - FOOT);
+            if fcap > t - FOOT - self.base || self.nfree != 1 {
                 return false;
             }
+            let q = t - FOOT - fcap;
             let t = q - 8;
-            let fcap = rd(t - FOOT);
-            if fcap > t - FOOT - self.base
-                || rd(t - FOOT - fcap - 8) != HEAD | fcap
-                || self.commit_end - t > BIMP_DECOMMIT_TRIGGER
-            {
+            if rd(t) != HEAD | FREE | fcap || t < self.shrink_at {
                 return false;
             }
             if self.top > self.peak {
                 self.peak = self.top;
             }
-            self.nfree -= 1;
-            self.last = t - FOOT - fcap;
+            self.nfree = 0;
             self.top = t;
+            self.last = self.base;
+            // t >= floor, so its footer (the sentinel's at the floor) is heap memory.
+            let fcap = rd(t - FOOT);
+            if fcap <= t - FOOT - self.base {
+                let below = t - FOOT - fcap;
+                if rd(below - 8) == HEAD | fcap {
+                    self.last = below;
+                }
+            }
         }
         true
     }
@@ -593,7 +647,7 @@ impl Heap {
             self.last = q;
             self.top = t;
         }
-        if self.commit_end - self.top > BIMP_DECOMMIT_TRIGGER {
+        if self.top < self.shrink_at {
             self.decommit_slow();
         }
         Ok(())
@@ -609,7 +663,7 @@ impl Heap {
             // SAFETY: [keep, commit_end) is page-aligned, inside our reservation, above the top (so
             // no block lives there) and nothing touches it until it is committed again.
             if unsafe { os::decommit(start, self.commit_end - keep) }.is_ok() {
-                self.commit_end = keep;
+                self.set_commit_end(keep);
             }
         }
     }
@@ -625,7 +679,8 @@ impl Heap {
             return Ok(None);
         }
         let cap = capacity_for(n);
-        if a == self.last {
+        if a + size + FOOT == self.top {
+            // The top block (whether or not `last` knows it).
             let end = a + cap + FOOT;
             if end > self.commit_end && self.grow(end).is_none() {
                 return Ok(None);
@@ -639,7 +694,8 @@ impl Heap {
                 wr(a + cap, cap);
             }
             self.top = end;
-            if self.commit_end - self.top > BIMP_DECOMMIT_TRIGGER {
+            self.last = a;
+            if self.top < self.shrink_at {
                 self.decommit_slow();
             }
             return Ok(Some(p));
@@ -664,17 +720,17 @@ impl Heap {
     #[inline(always)]
     pub fn realloc_c(&mut self, p: *mut u8, n: usize, func: &'static str) -> *mut u8 {
         let a = p as usize;
-        if a == self.last && n <= BIMP_MAX_REQUEST {
+        if a == self.last && n <= FAST_MAX {
             let cap = capacity_for(n);
             let end = a + cap + FOOT;
             if end <= self.commit_end && end >= self.top {
-                // SAFETY: a is the last block (live by the invariants, and not the sentinel: a
-                // block's end is at least a + ALIGN + FOOT above the sentinel's end, the top); its
-                // new extent [a, end) is committed and lies at or above the old top's footer.
+                // SAFETY: a is the last block (live by the invariants), or the sentinel when `last`
+                // is unknown, whose size word says so; the block's new extent [a, end) is
+                // committed and lies at or above the old top's footer. A padded block keeps its
+                // flag on the slow path.
                 unsafe {
-                    let w = rd(a - 8);
-                    if w & SENTINEL == 0 {
-                        wr(a - 8, (w & !(CAP_MASK & !(ALIGN - 1))) | cap);
+                    if rd(a - 8) & (PADDED | SENTINEL) == 0 {
+                        wr(a - 8, HEAD | cap);
                         wr(a + cap, cap);
                         self.top = end;
                         return p;
@@ -722,6 +778,9 @@ impl Heap {
         {
             return Err("res_start < base < top <= commit_end <= res_end does not hold");
         }
+        if self.shrink_at != self.commit_end.saturating_sub(BIMP_DECOMMIT_TRIGGER) {
+            return Err("shrink_at does not follow commit_end");
+        }
         if self.commit_end % page != 0 || self.res_start % page != 0 || self.res_end % page != 0 {
             return Err("commit or reservation bounds not page-aligned");
         }
@@ -748,12 +807,12 @@ impl Heap {
                 if w & !CAP_MASK != HEAD || w & (ALIGN - 1) & !(FREE | PADDED) != 0 {
                     return Err("size word without the bimp tag");
                 }
-                if cap_of(w) != fcap || fcap == 0 {
+                if cap_of(w) != fcap {
                     return Err("footer does not repeat the capacity");
                 }
                 if first {
-                    if self.last != q {
-                        return Err("last is not the top block");
+                    if self.last != q && self.last != self.base {
+                        return Err("last is neither the top block nor unknown (the sentinel)");
                     }
                     if w & FREE != 0 {
                         return Err("the top block is free: it should have been popped");
@@ -853,7 +912,7 @@ macro_rules! global_op {
     ($(#[$doc:meta])* $name:ident, $locked:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, |$h:ident| $body:expr) => {
         $(#[$doc])*
         #[inline(always)]
-        pub fn $name($($arg: $ty),*) -> $ret {
+        pub(crate) fn $name($($arg: $ty),*) -> $ret {
             if unlocked_ok() {
                 // SAFETY: no other thread exists (see `unlocked_ok`); nothing in the body re-enters.
                 let $h = unsafe { heap() };
@@ -895,18 +954,9 @@ global_op!(
     malloc_c, malloc_c_locked, (size: usize) -> *mut u8, |h| h.alloc_c(size)
 );
 global_op!(
-    /// Frees a block of the process-wide heap (NULL is ignored).
-    free, free_locked, (p: *mut u8) -> Result<(), Invalid>, |h| h.free(p)
-);
-global_op!(
     /// Frees a block of the process-wide heap for C (NULL is ignored); an invalid pointer aborts with
     /// a one-line message naming `func`.
     free_c, free_c_locked, (p: *mut u8, func: &'static str) -> (), |h| h.free_c(p, func)
-);
-global_op!(
-    /// Resizes a block of the process-wide heap; `Ok(None)`: out of memory, the block is untouched.
-    realloc, realloc_locked, (p: NonNull<u8>, n: usize) -> Result<Option<NonNull<u8>>, Invalid>,
-    |h| h.realloc(p, n)
 );
 global_op!(
     /// Resizes a block of the process-wide heap for C (`p` not NULL, `n` not 0): the new pointer, or

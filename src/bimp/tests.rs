@@ -150,7 +150,11 @@ fn model_run(seed: u64, steps: usize) {
                 let Some(i) = m.top_index() else { break };
                 let b = m.live.swap_remove(i);
                 verify(&b, b.req);
-                h.free(b.p as *mut u8).expect("free");
+                if rng.below(2) == 0 {
+                    h.free_c(b.p as *mut u8, "model");
+                } else {
+                    h.free(b.p as *mut u8).expect("free");
+                }
                 m.freed.push((b.p, b.cap));
             }
         }
@@ -252,7 +256,7 @@ fn realloc_at_the_top_is_in_place_across_commit_chunks() {
     assert_eq!(q, p);
     assert_eq!(h.top, p.as_ptr() as usize + capacity_for(10) + FOOT);
     h.check().unwrap();
-    h.free(p.as_ptr()).unwrap();
+    h.free_c(p.as_ptr(), "test");
 }
 
 #[test]
@@ -286,14 +290,69 @@ fn invalid_pointers_are_classified() {
 }
 
 #[test]
-fn an_overflow_into_a_footer_is_reported_when_popping() {
+fn after_a_fast_pop_the_top_block_is_found_by_its_end() {
     let mut h = Heap::new(16 << 20);
+    let a = h.alloc_c(32);
+    let b = h.alloc_c(48);
+    let c = h.alloc_c(0);
+    assert!(!a.is_null() && !b.is_null() && !c.is_null());
+    h.free_c(c, "test");
+    assert_eq!(h.last, h.base, "a fast pop leaves the last block unknown");
+    h.check().unwrap();
+    assert_eq!(h.free(c), Err(Invalid::AboveTop), "a double free after a fast pop");
+    // b is the top block though `last` does not name it: found by its end, it pops.
+    h.free_c(b, "test");
+    assert_eq!(h.top, a as usize + capacity_for(32) + FOOT);
+    assert_eq!(h.free(b), Err(Invalid::AboveTop));
+    // realloc of the unnamed top block is in place, and names it again.
+    let a2 = h.realloc(NonNull::new(a).unwrap(), 100).unwrap().unwrap();
+    assert_eq!(a2.as_ptr(), a);
+    assert_eq!(h.last, a as usize);
+    h.check().unwrap();
+    // An unnamed padded top block goes the slow way and pops with its padding.
+    let x = h.alloc_c(16);
+    let p = h.alloc_aligned(16, 4096).unwrap().as_ptr();
+    let y = h.alloc_c(16);
+    h.free_c(y, "test");
+    assert_eq!(h.last, h.base);
+    h.free_c(p, "test");
+    assert_eq!(h.top, x as usize + capacity_for(16) + FOOT, "p popped with its padding");
+    h.check().unwrap();
+    // A block below an unnamed top is marked free, then popped with the top.
+    let z = h.alloc_c(16);
+    let w = h.alloc_c(16);
+    let v = h.alloc_c(16);
+    h.free_c(v, "test");
+    h.free_c(z, "test");
+    assert_eq!(h.check().unwrap().free_blocks, 1);
+    h.free_c(w, "test");
+    assert_eq!(h.top, x as usize + capacity_for(16) + FOOT, "w and z popped");
+    h.free_c(x, "test");
+    h.free_c(a, "test");
+    let st = h.check().unwrap();
+    assert_eq!((st.top_bytes, st.live_blocks, st.free_blocks), (0, 0, 0));
+}
+
+#[test]
+fn an_overflow_into_a_footer_is_reported_when_popping() {
+    // A pop reads the footer below it only when a free block may lie there (nfree != 0).
+    let mut h = Heap::new(16 << 20);
+    let x = h.alloc(16).unwrap();
     let a = h.alloc(32).unwrap();
     let b = h.alloc(32).unwrap();
+    h.free(x.as_ptr()).unwrap();
     // SAFETY: deliberately writes 8 bytes past a's payload, into its footer (still our memory).
     unsafe { core::ptr::write_bytes(a.as_ptr().add(capacity_for(32)), 0x41, 8) };
     assert!(h.check().is_err());
     assert_eq!(h.free(b.as_ptr()), Err(Invalid::Corrupted));
+    // With nothing free below, the pop does not read the footer; check() still sees the damage.
+    let mut h = Heap::new(16 << 20);
+    let a = h.alloc(32).unwrap();
+    let b = h.alloc(32).unwrap();
+    // SAFETY: as above.
+    unsafe { core::ptr::write_bytes(a.as_ptr().add(capacity_for(32)), 0x41, 8) };
+    assert_eq!(h.free(b.as_ptr()), Ok(()));
+    assert!(h.check().is_err());
     let mut h = Heap::new(16 << 20);
     let a = h.alloc(32).unwrap();
     let b = h.alloc(32).unwrap();
@@ -331,7 +390,7 @@ fn exhausting_the_reservation_gives_none_and_recovers() {
         h.free(small.as_ptr()).unwrap();
     }
     for p in ps.iter().rev() {
-        h.free(p.as_ptr()).unwrap();
+        h.free_c(p.as_ptr(), "test");
     }
     assert_eq!(h.check().unwrap().top_bytes, 0);
     assert!(h.alloc(3 << 20).is_some(), "the space is usable again");
@@ -366,7 +425,7 @@ fn deep_unwind_decommits_with_hysteresis() {
     let full = h.check().unwrap();
     assert!(full.committed_bytes >= 64 << 20);
     for p in ps.iter().rev() {
-        h.free(p.as_ptr()).unwrap();
+        h.free_c(p.as_ptr(), "test");
     }
     let empty = h.check().unwrap();
     assert_eq!(empty.top_bytes, 0);
@@ -374,11 +433,11 @@ fn deep_unwind_decommits_with_hysteresis() {
     assert!(empty.committed_bytes <= BIMP_DECOMMIT_TRIGGER, "committed {} after unwinding", empty.committed_bytes);
     // Moving the top up and down by less than the hysteresis never changes what is committed again.
     let p = h.alloc(4 << 20).unwrap();
-    h.free(p.as_ptr()).unwrap();
+    h.free_c(p.as_ptr(), "test");
     let settled = h.check().unwrap().committed_bytes;
     for _ in 0..100 {
         let p = h.alloc(4 << 20).unwrap();
-        h.free(p.as_ptr()).unwrap();
+        h.free_c(p.as_ptr(), "test");
         assert_eq!(h.check().unwrap().committed_bytes, settled);
     }
     // Decommitted pages come back as zero when committed again.
@@ -407,11 +466,11 @@ fn the_process_wide_heap_is_safe_across_threads() {
                         // SAFETY: the block is ours and has n bytes.
                         let s = unsafe { core::slice::from_raw_parts(p.as_ptr(), n) };
                         assert!(s.iter().all(|&b| b == f));
-                        free(p.as_ptr()).unwrap();
+                        free_c(p.as_ptr(), "test");
                     }
                 }
                 for (p, _, _) in mine {
-                    free(p.as_ptr()).unwrap();
+                    free_c(p.as_ptr(), "test");
                 }
             })
         })

@@ -48,8 +48,18 @@ fn free_named(func: &'static str, p: *mut c_void) {
     bimp::free_c(p.cast(), func)
 }
 
+/// realloc with glibc semantics: the common case (`p` not NULL, `size` not 0) goes straight to
+/// [`bimp::realloc_c`], whose fast path is a leaf; the rest to [`realloc_named`].
+#[inline(always)]
+fn realloc_plain(func: &'static str, p: *mut c_void, size: usize) -> *mut c_void {
+    if size != 0 && !p.is_null() {
+        return bimp::realloc_c(p.cast(), size, func).cast();
+    }
+    realloc_named(func, p, size, false)
+}
+
 /// realloc with glibc semantics; `free_on_failure` gives BSD `reallocf`.
-#[inline]
+#[inline(never)]
 fn realloc_named(func: &'static str, p: *mut c_void, size: usize, free_on_failure: bool) -> *mut c_void {
     if p.is_null() {
         return bimp::malloc_c(size).cast();
@@ -187,7 +197,7 @@ pub unsafe extern "C" fn bimp_free(p: *mut c_void) {
 /// (other values are detected and abort, as far as bimp can tell).
 #[no_mangle]
 pub unsafe extern "C" fn bimp_realloc(p: *mut c_void, size: usize) -> *mut c_void {
-    realloc_named("bimp_realloc", p, size, false)
+    realloc_plain("bimp_realloc", p, size)
 }
 
 /// `bimp_realloc(p, n * size)`, but returns NULL with `errno` ENOMEM (leaving `p` unchanged) when
@@ -327,7 +337,7 @@ mod preload {
     /// As for the `bimp_*` function it forwards to.
     #[no_mangle]
     pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
-        realloc_named("realloc", p, size, false)
+        realloc_plain("realloc", p, size)
     }
     /// `reallocarray` served by bimp.
     ///
@@ -405,7 +415,7 @@ mod preload {
     /// As for the `bimp_*` function it forwards to.
     #[no_mangle]
     pub unsafe extern "C" fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void {
-        realloc_named("realloc", p, size, false)
+        realloc_plain("realloc", p, size)
     }
     /// glibc's internal alias of `memalign`.
     #[no_mangle]
