@@ -469,7 +469,15 @@ static void test_threads(void) {
 
 /* Modes run in a re-executed copy of this program. */
 static int child_mode(const char *mode) {
-    if (strcmp(mode, "free-stack") == 0) {
+    if (strcmp(mode, "free-max-first") == 0) {
+        /* Before any bimp allocation (a fresh process; bimp_alignment does not allocate). */
+        bimp_free((void *)UINTPTR_MAX);
+    } else if (strcmp(mode, "realloc-max-first") == 0) {
+        (void)bimp_realloc((void *)UINTPTR_MAX, 16);
+    } else if (strcmp(mode, "free-max-after-pop") == 0) {
+        bimp_free(bimp_malloc(10));
+        bimp_free((void *)UINTPTR_MAX);
+    } else if (strcmp(mode, "free-stack") == 0) {
         int local = 0;
         bimp_free(&local);
     } else if (strcmp(mode, "double-free") == 0) {
@@ -587,6 +595,9 @@ int main(int argc, char **argv) {
     test_decommit();
     test_threads();
 
+    expect_abort("free-max-first", "bimp_free", "not allocated by bimp");
+    expect_abort("realloc-max-first", "bimp_realloc", "not allocated by bimp");
+    expect_abort("free-max-after-pop", "bimp_free", "not allocated by bimp");
     expect_abort("free-stack", "bimp_free", "not allocated by bimp");
     expect_abort("double-free", "bimp_free", "double free");
     expect_abort("free-popped", "bimp_free", "above the bimp top");

@@ -76,8 +76,15 @@ const TAG: usize = 0xB1_3D_5A;
 const HEAD: usize = TAG << TAG_SHIFT;
 /// The capacity and flag bits of a size word.
 const CAP_MASK: usize = (1 << TAG_SHIFT) - 1;
-/// `last` before initialisation: odd, so never a block's address.
-const NO_LAST: usize = usize::MAX;
+/// What `last` names before initialisation: a size word marked as the sentinel, so that the fast
+/// paths, which read the word below `last` without further checks, find no block there (a pointer
+/// equal to `last` then fails validation with a message instead of a wild read).
+static NO_BLOCK: [usize; 2] = [HEAD | SENTINEL, 0];
+
+/// `last` before initialisation: the payload address of [`NO_BLOCK`].
+fn no_last() -> *const u8 {
+    NO_BLOCK[1..].as_ptr().cast()
+}
 /// Largest request the allocation fast paths take (larger ones, up to `BIMP_MAX_REQUEST`, go through
 /// the slow path): on x86-64 the bound is a 32-bit immediate, so that the check is one compare.
 const FAST_MAX: usize = i32::MAX as usize;
@@ -163,9 +170,9 @@ pub struct Heap {
     /// below it gives pages back, so the fast pop compares the new top with it and nothing else.
     shrink_at: usize,
     /// Pointer of the last block: the sentinel when the heap is empty or the last block is unknown
-    /// (after a fast pop), [`NO_LAST`] before
-    /// initialisation.
-    last: usize,
+    /// (after a fast pop), [`no_last()`] before initialisation. A pointer (not an address) so that
+    /// the constant initialiser of the process-wide heap can name [`NO_BLOCK`].
+    last: *const u8,
     /// Pointer of the sentinel block (its payload is empty; its footer starts here).
     base: usize,
     /// Number of free blocks below the top: while it is 0, popping the top block cannot cascade.
@@ -183,12 +190,17 @@ pub struct Heap {
 impl Heap {
     /// An empty heap that reserves address space on its first allocation: `reserve` bytes, or the
     /// default policy (64 GiB, less under `RLIMIT_AS`) when `reserve` is 0.
-    pub const fn new(reserve: usize) -> Heap {
+    pub fn new(reserve: usize) -> Heap {
+        Heap::new_at(reserve, no_last())
+    }
+
+    /// [`Heap::new`] with `last` given: [`no_last()`] (a constant initialiser cannot call it).
+    const fn new_at(reserve: usize, no_last: *const u8) -> Heap {
         Heap {
             top: 0,
             commit_end: 0,
             shrink_at: 0,
-            last: NO_LAST,
+            last: no_last,
             base: 0,
             nfree: 0,
             peak: 0,
@@ -199,8 +211,8 @@ impl Heap {
         }
     }
 
-    const fn new_global() -> Heap {
-        let mut h = Heap::new(0);
+    const fn new_global(no_last: *const u8) -> Heap {
+        let mut h = Heap::new_at(0, no_last);
         h.global = true;
         h
     }
@@ -233,7 +245,7 @@ impl Heap {
             }
             wr(a + cap, cap);
         }
-        self.last = a;
+        self.last = a as *const u8;
         self.top = a + cap + FOOT;
         // SAFETY: a > base > 0.
         unsafe { NonNull::new_unchecked(a as *mut u8) }
@@ -370,7 +382,7 @@ impl Heap {
             wr(self.base - 8, HEAD | SENTINEL);
             wr(self.base, 0);
         }
-        self.last = self.base;
+        self.last = self.base as *const u8;
         self.top = self.floor();
         self.peak = self.top;
         Ok(())
@@ -443,7 +455,7 @@ impl Heap {
     #[inline(always)]
     pub fn free(&mut self, p: *mut u8) -> Result<(), Invalid> {
         let a = p as usize;
-        if a == self.last {
+        if a == self.last as usize {
             if self.pop_fast(a) {
                 return Ok(());
             }
@@ -457,7 +469,7 @@ impl Heap {
     #[inline(always)]
     pub fn free_c(&mut self, p: *mut u8, func: &'static str) {
         let a = p as usize;
-        if a == self.last {
+        if a == self.last as usize {
             if self.pop_fast(a) {
                 return;
             }
@@ -487,7 +499,7 @@ impl Heap {
 
     #[inline(never)]
     fn free_slow_c(&mut self, a: usize, func: &'static str) {
-        let r = if a == self.last { self.pop(a) } else { self.free_below(a) };
+        let r = if a == self.last as usize { self.pop(a) } else { self.free_below(a) };
         if let Err(e) = r {
             crate::diag::invalid_pointer(func, a as *const u8, e.why());
         }
@@ -556,7 +568,7 @@ impl Heap {
             self.peak = self.top;
         }
         self.top = t;
-        self.last = self.base;
+        self.last = self.base as *const u8;
         true
     }
 
@@ -585,13 +597,13 @@ impl Heap {
             }
             self.nfree = 0;
             self.top = t;
-            self.last = self.base;
+            self.last = self.base as *const u8;
             // t >= floor, so its footer (the sentinel's at the floor) is heap memory.
             let fcap = rd(t - FOOT);
             if fcap <= t - FOOT - self.base {
                 let below = t - FOOT - fcap;
                 if rd(below - 8) == HEAD | fcap {
-                    self.last = below;
+                    self.last = below as *const u8;
                 }
             }
         }
@@ -644,7 +656,7 @@ impl Heap {
                 self.peak = self.top;
             }
             self.nfree -= popped;
-            self.last = q;
+            self.last = q as *const u8;
             self.top = t;
         }
         if self.top < self.shrink_at {
@@ -694,7 +706,7 @@ impl Heap {
                 wr(a + cap, cap);
             }
             self.top = end;
-            self.last = a;
+            self.last = a as *const u8;
             if self.top < self.shrink_at {
                 self.decommit_slow();
             }
@@ -720,7 +732,7 @@ impl Heap {
     #[inline(always)]
     pub fn realloc_c(&mut self, p: *mut u8, n: usize, func: &'static str) -> *mut u8 {
         let a = p as usize;
-        if a == self.last && n <= FAST_MAX {
+        if a == self.last as usize && n <= FAST_MAX {
             let cap = capacity_for(n);
             let end = a + cap + FOOT;
             if end <= self.commit_end && end >= self.top {
@@ -764,7 +776,7 @@ impl Heap {
     pub fn check(&self) -> Result<Stats, &'static str> {
         let mut st = Stats::default();
         if self.base == 0 {
-            return if self.top == 0 && self.last == NO_LAST && self.commit_end == 0 {
+            return if self.top == 0 && self.last == no_last() && self.commit_end == 0 {
                 Ok(st)
             } else {
                 Err("uninitialised heap with a top")
@@ -811,7 +823,7 @@ impl Heap {
                     return Err("footer does not repeat the capacity");
                 }
                 if first {
-                    if self.last != q && self.last != self.base {
+                    if self.last as usize != q && self.last as usize != self.base {
                         return Err("last is neither the top block nor unknown (the sentinel)");
                     }
                     if w & FREE != 0 {
@@ -834,7 +846,7 @@ impl Heap {
                 }
                 t = Self::start_of(q, w);
             }
-            if first && self.last != self.base {
+            if first && self.last as usize != self.base {
                 return Err("empty heap whose last block is not the sentinel");
             }
             if st.free_blocks != self.nfree {
@@ -883,7 +895,9 @@ struct GlobalHeap(UnsafeCell<Heap>);
 // thread (or the build promised it is only used from one).
 unsafe impl Sync for GlobalHeap {}
 
-static HEAP: GlobalHeap = GlobalHeap(UnsafeCell::new(Heap::new_global()));
+static HEAP: GlobalHeap = GlobalHeap(UnsafeCell::new(Heap::new_global(
+    (&NO_BLOCK as *const [usize; 2]).cast::<usize>().wrapping_add(1).cast::<u8>(),
+)));
 
 #[cfg(not(feature = "bimp-single-threaded"))]
 static LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());

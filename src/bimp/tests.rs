@@ -297,7 +297,7 @@ fn after_a_fast_pop_the_top_block_is_found_by_its_end() {
     let c = h.alloc_c(0);
     assert!(!a.is_null() && !b.is_null() && !c.is_null());
     h.free_c(c, "test");
-    assert_eq!(h.last, h.base, "a fast pop leaves the last block unknown");
+    assert_eq!(h.last as usize, h.base, "a fast pop leaves the last block unknown");
     h.check().unwrap();
     assert_eq!(h.free(c), Err(Invalid::AboveTop), "a double free after a fast pop");
     // b is the top block though `last` does not name it: found by its end, it pops.
@@ -307,14 +307,14 @@ fn after_a_fast_pop_the_top_block_is_found_by_its_end() {
     // realloc of the unnamed top block is in place, and names it again.
     let a2 = h.realloc(NonNull::new(a).unwrap(), 100).unwrap().unwrap();
     assert_eq!(a2.as_ptr(), a);
-    assert_eq!(h.last, a as usize);
+    assert_eq!(h.last as usize, a as usize);
     h.check().unwrap();
     // An unnamed padded top block goes the slow way and pops with its padding.
     let x = h.alloc_c(16);
     let p = h.alloc_aligned(16, 4096).unwrap().as_ptr();
     let y = h.alloc_c(16);
     h.free_c(y, "test");
-    assert_eq!(h.last, h.base);
+    assert_eq!(h.last as usize, h.base);
     h.free_c(p, "test");
     assert_eq!(h.top, x as usize + capacity_for(16) + FOOT, "p popped with its padding");
     h.check().unwrap();
