@@ -974,9 +974,36 @@ impl Region {
             if h.run_payload != p || h.live != 1 {
                 return Err(BadPointer::NotLive);
             }
-            if size <= h.run_size && size > SMALL_MAX && size >= h.run_size / 2 {
-                // SAFETY: p is live.
-                return Ok(Some(unsafe { NonNull::new_unchecked(p as *mut u8) }));
+            if size > SMALL_MAX && size <= MAX_BLOCK {
+                if size <= h.run_size && size >= h.run_size / 2 {
+                    // SAFETY: p is live.
+                    return Ok(Some(unsafe { NonNull::new_unchecked(p as *mut u8) }));
+                }
+                // Grow over the free pages after the run, or give the pages beyond the new end back.
+                let offset = p - page;
+                let m = (offset + size).div_ceil(REGION_PAGE);
+                let n = h.run_pages;
+                let hp = page as *mut PageHeader;
+                // SAFETY: the run is ours, of n pages.
+                let done = m < n || unsafe { pool::lock().grow_run(hp, n, m) };
+                if done {
+                    if m < n {
+                        // SAFETY: the pages beyond the new end are ours and dead.
+                        unsafe { pool::lock().shrink_run(hp, n, m) };
+                    }
+                    // SAFETY: as above.
+                    let h = unsafe { &mut *hp };
+                    let old = h.run_size;
+                    h.run_pages = m;
+                    h.run_size = m * REGION_PAGE - offset;
+                    self.npages = self.npages + m - n;
+                    self.live_bytes = self.live_bytes + h.run_size - old;
+                    if self.live_bytes > self.peak_bytes {
+                        self.peak_bytes = self.live_bytes;
+                    }
+                    // SAFETY: p is live.
+                    return Ok(Some(unsafe { NonNull::new_unchecked(p as *mut u8) }));
+                }
             }
             h.run_size
         } else {

@@ -127,6 +127,9 @@ fn model_run(seed: u64, steps: usize) {
             }
         }
         r.check();
+        if step % 128 == 0 {
+            pool::lock().check();
+        }
         let st = r.stats();
         assert_eq!(st.live_objects, live.len(), "step {step}");
         assert!(st.live_bytes >= live.iter().map(|b| b.size).sum::<usize>());
@@ -512,4 +515,112 @@ fn lifo_bursts_across_a_page_change_stay_pure_bumps() {
     }
     r.check();
     destroy(r);
+}
+
+/// Runs `f` in a forked child, where no other test shares the pool, and asserts that it succeeded.
+fn alone(f: fn()) {
+    // SAFETY: the child runs `f` (regions, and std on the system allocator, which survives fork) and
+    // leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: plain libc call in the child.
+        unsafe { libc::alarm(20) };
+        // The test harness captures the output of this thread: write the failure to fd 2 itself.
+        std::panic::set_hook(Box::new(|info| {
+            let m = format!("child: {info}\n");
+            // SAFETY: writing a live buffer to stderr.
+            unsafe { libc::write(2, m.as_ptr().cast(), m.len()) };
+        }));
+        let ok = std::panic::catch_unwind(f).is_ok();
+        // SAFETY: leaving the child without running the parent's exit handlers.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: pid is our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed, status {status}");
+}
+
+#[test]
+fn freed_runs_stay_resident_and_runs_resize_in_place() {
+    alone(|| {
+        // Pages other tests had when the child forked stay in use here; their free ones go away.
+        pool::lock().trim(0);
+        let r = new_region();
+        // A range of 40 spare pages, the only one: the runs below go there.
+        let big = r.alloc(39 * REGION_PAGE).unwrap().as_ptr() as usize;
+        r.free(big).unwrap();
+        let a = r.alloc(5 * REGION_PAGE).unwrap().as_ptr() as usize;
+        assert_eq!(a & !PAGE_MASK, big & !PAGE_MASK, "a run goes to resident free pages");
+        let before = pool_stats();
+        r.free(a).unwrap();
+        let st = pool_stats();
+        assert_eq!(st.cold, before.cold, "a freed run is not given back to the OS at once");
+        assert_eq!(st.warm, before.warm + 6, "its pages stay resident");
+        let b = r.alloc(5 * REGION_PAGE).unwrap().as_ptr() as usize;
+        assert_eq!(b, a, "the resident pages are taken again");
+        // SAFETY: b is live with 5 pages.
+        unsafe { core::ptr::write_bytes(b as *mut u8, 0x5a, 5 * REGION_PAGE) };
+        let pages = r.stats().pages_in_use;
+        let base = pool::base();
+        let after = (b & !PAGE_MASK) - base + 6 * REGION_PAGE;
+        // SAFETY: base is set; the indexes are inside the reservation.
+        let free_after = (0..4).all(|d| unsafe { table_entry(base, after / REGION_PAGE + d) } == pool::T_FREE);
+        assert!(free_after, "the spare range continues after the run");
+        let c = r.realloc(b, 9 * REGION_PAGE).unwrap().unwrap().as_ptr() as usize;
+        assert_eq!(c, b, "grows in place over the pages after it");
+        assert!(Region::usable_size(c).unwrap() >= 9 * REGION_PAGE);
+        assert_eq!(r.stats().pages_in_use, pages + 4);
+        // SAFETY: c is live with 9 pages.
+        unsafe {
+            assert!((0..5 * REGION_PAGE).all(|i| *((c + i) as *const u8) == 0x5a), "contents kept");
+            core::ptr::write_bytes(c as *mut u8, 0x33, 9 * REGION_PAGE);
+        }
+        r.check();
+        pool::lock().check();
+        let warm = pool_stats().warm;
+        let d = r.realloc(c, 2 * REGION_PAGE).unwrap().unwrap().as_ptr() as usize;
+        assert_eq!(d, c, "shrinks in place");
+        assert!(Region::usable_size(d).unwrap() < 3 * REGION_PAGE);
+        assert_eq!(pool_stats().warm, warm + 7, "the pages beyond the new end are spare");
+        // An obstacle after the run: growth moves it.
+        let e = r.alloc(REGION_PAGE).unwrap().as_ptr() as usize;
+        let f = r.realloc(d, 20 * REGION_PAGE).unwrap().unwrap().as_ptr() as usize;
+        assert!(f != d || e < d, "grows in place only over free pages");
+        r.check();
+        pool::lock().check();
+        r.free(e).unwrap();
+        r.free(f).unwrap();
+        destroy(r);
+    });
+}
+
+#[test]
+fn the_pool_gives_resident_free_pages_back_with_hysteresis() {
+    alone(|| {
+        // Pages other tests had when the child forked stay in use here; their free ones go away.
+        pool::lock().trim(0);
+        let r = new_region();
+        let n = 2 * REGION_POOL_KEEP_HIGH;
+        // Runs of 4 pages; only their headers are touched.
+        let v: Vec<usize> = (0..n).map(|_| r.alloc(3 * REGION_PAGE).unwrap().as_ptr() as usize).collect();
+        let used = |st: &pool::PoolStats| st.carved - st.warm - st.cold;
+        let (mut trims, mut prev) = (0, pool_stats());
+        for &p in &v {
+            r.free(p).unwrap();
+            let st = pool_stats();
+            let limit = REGION_POOL_KEEP_HIGH.max(used(&st));
+            assert!(st.warm <= limit, "resident free pages {} for {} in use", st.warm, used(&st));
+            if prev.warm + 4 <= limit {
+                assert_eq!((st.warm, st.cold), (prev.warm + 4, prev.cold), "nothing given back below the threshold");
+            } else {
+                trims += 1;
+                assert!(st.warm >= REGION_POOL_KEEP_LOW.max(used(&st) - used(&st) / 8), "trimmed to the low mark only");
+            }
+            prev = st;
+        }
+        assert!(trims > 0 && trims < n / 4, "{trims} trims");
+        pool::lock().check();
+        destroy(r);
+    });
 }
