@@ -145,6 +145,9 @@ pub struct Region {
     /// Pages in use, counting every page of a run.
     npages: usize,
     callbacks: *mut Callback,
+    /// The home page emptied while it was not current: its blocks are forgotten and the next refill
+    /// carves it again (it cannot leave the region, which lives in it).
+    home_empty: bool,
 }
 
 /// The links of a freed chunk, in its first payload bytes: granule indexes from the base, `next` 0 at
@@ -186,6 +189,7 @@ impl Region {
                 all: ptr::null_mut(),
                 cache: ptr::null_mut(),
                 ncache: 0,
+                home_empty: false,
                 npages: 1,
                 callbacks: ptr::null_mut(),
             });
@@ -277,6 +281,7 @@ impl Region {
         self.live_objects = 0;
         self.mru = self.home as usize;
         self.prev = 0;
+        self.home_empty = false;
         self.open_page(self.home);
     }
 
@@ -553,6 +558,12 @@ impl Region {
     /// Replaces the current page by an empty one: a cached page, else one from the pool.
     fn refill(&mut self) -> Option<()> {
         self.leave_current();
+        if self.home_empty {
+            // The emptied home page first: it is on the all-list and counted already.
+            self.home_empty = false;
+            self.open_page(self.home);
+            return Some(());
+        }
         let h = if !self.cache.is_null() {
             self.cache_pop()
         } else {
@@ -875,8 +886,16 @@ impl Region {
         } else if !ptr::eq(h, self.home) {
             self.unlink_page(h, h.top);
             self.page_emptied(h);
+        } else {
+            // The home page cannot leave the region (which lives in it): its blocks are forgotten and
+            // the next refill carves it again, so that FIFO frees recycle it like any other page.
+            self.unlink_page(h, h.top);
+            h.clear_blocks();
+            self.home_empty = true;
+            if self.prev == h.addr() {
+                self.prev = 0;
+            }
         }
-        // An empty home page that is not current keeps its freed chunks listed: it stays anyway.
     }
 
     /// Recycles the empty, non-current, non-home page `h` (its chunks unlisted): into the cache, or back
@@ -1156,6 +1175,12 @@ impl Region {
             h = hp.all_next;
         }
         assert!(saw_home, "home page listed");
+        if self.home_empty {
+            // SAFETY: the home page is ours.
+            let hp = unsafe { &*self.home };
+            assert!(hp.live == 0 && hp.listed == 0 && hp.top == hp.first_payload(), "empty home page forgotten");
+            assert!(self.cur != self.home || self.limit == 0, "an empty home page is not being carved");
+        }
         assert!(saw_cur, "current page listed");
         assert!(saw_seq, "the page of the last free is a listed small page");
         assert!(self.limit == 0 || (self.cur as usize + REGION_PAGE == self.limit && self.bump <= self.limit));
