@@ -48,6 +48,9 @@ pub const REGION_OFFSET: usize = HEADER_SIZE;
 /// First granule blocks may use on a home page.
 const HOME_FIRST: usize = page::granules_before(REGION_OFFSET + core::mem::size_of::<Region>());
 const _: () = assert!(HOME_FIRST + MAX_SMALL_GRANULES <= crate::config::REGION_GRANULES);
+/// What a page that empties adds to [`Region::emptied`]: 4 tolerates two pages carved in a row while
+/// none emptied before the region takes the pattern for random order.
+const EMPTIED_SCORE: u32 = 4;
 /// The largest block a region hands out (the reservation bounds it anyway).
 const MAX_BLOCK: usize = REGION_RESERVE / 2;
 
@@ -148,6 +151,10 @@ pub struct Region {
     /// The home page emptied while it was not current: its blocks are forgotten and the next refill
     /// carves it again (it cannot leave the region, which lives in it).
     home_empty: bool,
+    /// Score of the pages that emptied (and left, or the home page): [`EMPTIED_SCORE`] per page, halved
+    /// whenever the current page is used up. Non-zero: frees are emptying pages (queue order), so the
+    /// next page is carved rather than freed chunks reused (see [`Region::alloc_slow`]).
+    emptied: u32,
 }
 
 /// The links of a freed chunk, in its first payload bytes: granule indexes from the base, `next` 0 at
@@ -190,6 +197,7 @@ impl Region {
                 cache: ptr::null_mut(),
                 ncache: 0,
                 home_empty: false,
+                emptied: 0,
                 npages: 1,
                 callbacks: ptr::null_mut(),
             });
@@ -445,21 +453,23 @@ impl Region {
     }
 
     /// Allocates `size` bytes, 16-byte aligned, for the C entry points: the block, or NULL with errno
-    /// ENOMEM. Fast path: a freed chunk of the class, else a bump in the current page; anything else is
-    /// one (tail) call to the slow path.
+    /// ENOMEM. Fast path: a bump in the current page, else (no page open: the region reuses freed
+    /// chunks, see [`Region::alloc_slow`]) a freed chunk of the class; anything else is one (tail) call
+    /// to the slow path.
     #[inline(always)]
     pub fn alloc_or_null(&mut self, size: usize) -> *mut u8 {
         if size <= EXACT_MAX {
             let k = granules(size);
-            let p = match self.pop(k) {
-                Some(p) => p,
-                None => {
-                    let p = self.bump;
-                    if k * REGION_GRANULE > self.limit - p {
-                        return self.alloc_slow_or_null(size);
-                    }
-                    self.bump = p + k * REGION_GRANULE;
-                    p
+            let p = self.bump;
+            let p = if k * REGION_GRANULE <= self.limit - p {
+                self.bump = p + k * REGION_GRANULE;
+                p
+            } else {
+                // Lists only while no page is open: a used-up page goes through the slow path, which
+                // chooses between a new page and the lists.
+                match if self.limit == 0 { self.pop(k) } else { None } {
+                    Some(p) => p,
+                    None => return self.alloc_slow_or_null(size),
                 }
             };
             // SAFETY: p is a chunk of k granules of one of our small pages, now ours.
@@ -503,8 +513,17 @@ impl Region {
         unsafe { NonNull::new_unchecked(p as *mut u8) }
     }
 
-    /// The slow path of [`Region::alloc`]: a large block, a block above the exact classes, or a fresh
-    /// page, then the fast path again.
+    /// The slow path of [`Region::alloc`]: a large block, a block above the exact classes, or the end
+    /// of the current page (or of the list of the class when no page is open).
+    ///
+    /// Where blocks come from when the current page is used up decides how FIFO and random order
+    /// behave: when pages emptied while the current page was carved, frees come in allocation order
+    /// (a queue) and the next page is carved (an emptied one, or from the pool), which keeps allocation
+    /// order equal to address order, what lets pages empty whole; only when none emptied (random
+    /// order: pages do not empty) are freed chunks reused. The region then stays without a current page: the fast path
+    /// pops the lists, and the first list that is empty brings a page from the pool. So a queue whose
+    /// order is slightly off (one block freed late) lists a few chunks that nobody reuses, instead of
+    /// scattering new blocks into old pages for ever.
     #[cold]
     #[inline(never)]
     fn alloc_slow(&mut self, size: usize) -> Option<NonNull<u8>> {
@@ -520,7 +539,19 @@ impl Region {
             }
         }
         if k * REGION_GRANULE > self.limit - self.bump {
-            self.refill()?;
+            let had_page = self.limit != 0;
+            self.leave_current();
+            // A score that decays by half per page carved: a queue, whose pages empty about as often as
+            // new ones are carved but not in step with them, keeps it above zero.
+            let emptying = self.emptied != 0;
+            self.emptied /= 2;
+            if had_page && c <= EXACT_GRANULES && !emptying {
+                if let Some(p) = self.pop(c) {
+                    // SAFETY: a listed chunk of class c is ours and free.
+                    return Some(unsafe { self.finish(p, k) });
+                }
+            }
+            self.open_next()?;
         }
         let p = self.bump;
         self.bump = p + k * REGION_GRANULE;
@@ -558,6 +589,13 @@ impl Region {
     /// Replaces the current page by an empty one: a cached page, else one from the pool.
     fn refill(&mut self) -> Option<()> {
         self.leave_current();
+        self.open_next()
+    }
+
+    /// Opens an empty page as the current one (none is open): the emptied home page, else a cached
+    /// page, else one from the pool.
+    fn open_next(&mut self) -> Option<()> {
+        debug_assert!(self.limit == 0);
         if self.home_empty {
             // The emptied home page first: it is on the all-list and counted already.
             self.home_empty = false;
@@ -808,27 +846,27 @@ impl Region {
         self.live_bytes -= k * REGION_GRANULE - 8;
         h.live -= 1;
         let next = p + k * REGION_GRANULE;
-        if next == self.bump {
+        if p == h.dead_hi {
+            // Freed in allocation order: dead, so that the page empties whole (FIFO). Tested first:
+            // it is the common case of a queue, and costs no more than giving back the last block.
+            // SAFETY: the block is live in our page.
+            unsafe { write_header(p, k, MAGIC_DEAD, h.gen) };
+            h.dead_lo = h.dead_lo.min(p);
+            h.dead_hi = next;
+        } else if next == self.bump {
             // The last block carved from the current page: give its space back (LIFO).
             // SAFETY: the block is live in our page.
             unsafe { write_header(p, k, MAGIC_FREED, h.gen) };
             self.bump = p;
             return Ok(());
-        }
         // SAFETY: cur is always a page of ours (home when none is open).
-        if page == self.prev && next == h.top && unsafe { (*self.cur).live } == 0 {
+        } else if page == self.prev && next == h.top && unsafe { (*self.cur).live } == 0 {
             // The last chunk of the page the last refill left, while the current page is empty: LIFO
             // frees crossing back into it give the space back to its uncarved tail (they would be
             // listed and reused piecemeal else). Random-order frees rarely empty the current page.
             // SAFETY: the block is live in our page.
             unsafe { write_header(p, k, MAGIC_FREED, h.gen) };
             h.top = p;
-        } else if p == h.dead_hi {
-            // Freed in allocation order: dead, so that the page empties whole (FIFO).
-            // SAFETY: the block is live in our page.
-            unsafe { write_header(p, k, MAGIC_DEAD, h.gen) };
-            h.dead_lo = h.dead_lo.min(p);
-            h.dead_hi = next;
         } else {
             // SAFETY: as above; then the chunk is freed and on no list; chunks above the exact classes
             // have a class's exact size.
@@ -892,6 +930,7 @@ impl Region {
             self.unlink_page(h, h.top);
             h.clear_blocks();
             self.home_empty = true;
+            self.emptied = self.emptied.saturating_add(EMPTIED_SCORE);
             if self.prev == h.addr() {
                 self.prev = 0;
             }
@@ -901,6 +940,7 @@ impl Region {
     /// Recycles the empty, non-current, non-home page `h` (its chunks unlisted): into the cache, or back
     /// to the pool.
     fn page_emptied(&mut self, h: &mut PageHeader) {
+        self.emptied = self.emptied.saturating_add(EMPTIED_SCORE);
         self.all_remove(h);
         self.npages -= 1;
         if self.mru == h.addr() {
