@@ -654,3 +654,33 @@ fn the_pool_gives_resident_free_pages_back_with_hysteresis() {
 }
 
 
+
+#[test]
+fn a_queue_with_one_late_block_still_recycles_pages_whole() {
+    // Slots replaced in the order 1, 2, ..., n-1, 0, 1, ...: the first block dies after the rest of its
+    // page, whose chunks are listed then. Those must not be reused while pages keep emptying (that would
+    // scatter new blocks over old pages, and every later free would be listed as well).
+    let r = new_region();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let live = 1000;
+    let mut slots: Vec<usize> = (0..live).map(|_| r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize).collect();
+    let (mut i, mut listed_frees) = (0, 0);
+    for step in 0..50 * live {
+        i = (i + 1) % live;
+        let p = slots[i];
+        r.free(p).unwrap();
+        // SAFETY: the reservation's carved pages stay mapped and readable, whoever has them now.
+        if step >= 5 * live && unsafe { read_header(p, page_gen(p)).1 } == MAGIC_FREED {
+            listed_frees += 1;
+        }
+        slots[i] = r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize;
+    }
+    r.check();
+    assert_eq!(listed_frees, 0, "after the first rounds, every free is in allocation order");
+    assert!(r.free.iter().all(|&h| h == 0), "no chunk listed");
+    assert!(r.stats().pages_in_use <= 13, "pages in use {}", r.stats().pages_in_use);
+    for p in slots {
+        r.free(p).unwrap();
+    }
+    destroy(r);
+}
