@@ -941,13 +941,18 @@ impl Region {
     /// to the pool.
     fn page_emptied(&mut self, h: &mut PageHeader) {
         self.emptied = self.emptied.saturating_add(EMPTIED_SCORE);
+        if self.prev == h.addr() {
+            // LIFO frees that emptied the page the last refill left go on to the page opened before it
+            // (the next on the all-list, which is in order of opening): its carved part shrinks too.
+            let older = h.all_next;
+            // SAFETY: pages on the all-list are ours.
+            let small = !older.is_null() && unsafe { (*older).kind } == KIND_SMALL;
+            self.prev = if small && older != self.cur { older as usize } else { 0 };
+        }
         self.all_remove(h);
         self.npages -= 1;
         if self.mru == h.addr() {
             self.mru = self.home as usize;
-        }
-        if self.prev == h.addr() {
-            self.prev = 0;
         }
         if self.ncache < REGION_CACHE_PAGES {
             h.clear_blocks();

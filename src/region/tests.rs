@@ -684,3 +684,27 @@ fn a_queue_with_one_late_block_still_recycles_pages_whole() {
     }
     destroy(r);
 }
+
+#[test]
+fn deep_lifo_stacks_unwind_page_by_page_without_lists() {
+    let r = new_region();
+    let mut rng = Rng(17);
+    let below = r.alloc(100).unwrap().as_ptr() as usize;
+    for round in 0..5 {
+        // A stack over ~30 pages, popped entirely: every page gives its chunks back to its carved part
+        // (the page opened before the one that emptied is next), none is listed.
+        let stack: Vec<usize> = (0..3000).map(|_| r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize).collect();
+        assert!(r.stats().pages_in_use > 25);
+        for (i, &p) in stack.iter().enumerate().rev() {
+            r.free(p).unwrap();
+            if i % 500 == 0 {
+                r.check();
+            }
+        }
+        assert!(r.free.iter().all(|&h| h == 0), "round {round}: no chunk listed");
+        assert!(r.stats().pages_in_use <= 2, "round {round}: pages {}", r.stats().pages_in_use);
+    }
+    r.free(below).unwrap();
+    r.check();
+    destroy(r);
+}
