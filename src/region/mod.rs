@@ -1,22 +1,25 @@
 //! Page regions: bump allocation in pages, O(1) per-object free, page recycling, 32-bit compressed
 //! pointers (issue 6).
 //!
-//! A [`Region`] owns pages of the process-wide reservation ([`pool`]). It allocates by popping a freed
-//! chunk of the request's size class from its free list, else by bumping a pointer through its current
-//! page; when the page is used up, an empty page takes its place (the region's cache of recently emptied
-//! pages first, most recently emptied first, else the pool). `free` finds the block's page by masking
-//! the pointer, validates the block by its header (see [`page`]), and drops the page's live count: the
-//! last block of the current page gives its space back to the bump pointer (LIFO), any other goes on
-//! its class's free list, which the next allocation of that class takes first. That keeps the footprint
-//! bounded when blocks die in random order (the reaps idea, Berger, Zorn and McKinley, OOPSLA 2002).
-//! A page whose last block dies leaves the region: its freed chunks are unlinked from the lists (one
-//! walk over the page, paid once per page) and the page goes to the cache or the pool. Blocks larger
-//! than a page get a run of contiguous pages.
+//! A [`Region`] owns pages of the process-wide reservation ([`pool`]). It allocates by bumping a
+//! pointer through its current page. `free` finds the block's page by masking the pointer, validates
+//! the block by its header (see [`page`]), and drops the page's live count: the last block of the
+//! current page gives its space back to the bump pointer (LIFO, and a LIFO unwind goes on page by page
+//! through the pages opened before), a block freed in allocation order becomes *dead* so that its page
+//! empties whole (FIFO), any other goes on its class's free list. When the current page is used up, the
+//! next page is an empty one (the home page, the region's cache of recently emptied pages, else the pool)
+//! if pages emptied lately (queue order); otherwise (random order: pages do not empty) the region reuses
+//! the listed chunks, without a current page, until a list runs dry. That keeps the footprint bounded
+//! when blocks die in random order (the reaps idea, Berger, Zorn and McKinley, OOPSLA 2002), while a
+//! queue keeps carving in allocation order even when a few of its blocks die late. A page whose last
+//! block dies leaves the region (the home page, which holds the region, is carved again instead): its
+//! freed chunks are unlinked from the lists (one walk over the page, paid once per page) and the page
+//! goes to the cache or the pool. Blocks larger than a page get a run of contiguous pages, which the pool
+//! keeps resident when freed, grows in place and shrinks in place.
 //!
-//! Costs (x86-64, callgrind, with the C entry point and its checks): an allocation that bumps or pops is
-//! ~42 instructions; a free into the most recently freed-into page ~50, another page adds the page-table
-//! and owner check (~10). The fast paths make no call and save no register; everything else is one
-//! tail call to a slow path. FIFO frees mark chunks dead (see [`page`]): their pages empty whole.
+//! Costs (x86-64, callgrind, an alloc/free pair with the C calls and their checks, sizes 16-256 B,
+//! 1,000 live): FIFO 98 instructions, LIFO stacks 107, random order 134 (glibc 2.36: 152, 290, 150).
+//! The fast paths make no call and save no register; everything else is one tail call to a slow path.
 //!
 //! The region struct itself lives at the start of its first page (the *home* page), after the page
 //! header, so that creating a region allocates nothing else; cleanup records live in region pages too.
