@@ -7,9 +7,9 @@
 //! current page gives its space back to the bump pointer (LIFO, and a LIFO unwind goes on page by page
 //! through the pages opened before), a block freed in allocation order becomes *dead* so that its page
 //! empties whole (FIFO), any other goes on its class's free list. When the current page is used up, the
-//! next page is an empty one (the home page, the region's cache of recently emptied pages, else the pool)
-//! if pages emptied lately (queue order); otherwise (random order: pages do not empty) the region reuses
-//! the listed chunks, without a current page, until a list runs dry. That keeps the footprint bounded
+//! next page is an empty one (the home page, the region's cache of recently emptied pages, else the
+//! pool), and if no page emptied lately (random order: pages do not empty) allocation takes the listed
+//! chunks of its class before bumping. That keeps the footprint bounded
 //! when blocks die in random order (the reaps idea, Berger, Zorn and McKinley, OOPSLA 2002), while a
 //! queue keeps carving in allocation order even when a few of its blocks die late. A page whose last
 //! block dies leaves the region (the home page, which holds the region, is carved again instead): its
@@ -18,7 +18,7 @@
 //! keeps resident when freed, grows in place and shrinks in place.
 //!
 //! Costs (x86-64, callgrind, an alloc/free pair with the C calls and their checks, sizes 16-256 B,
-//! 1,000 live): FIFO 98 instructions, LIFO stacks 107, random order 134 (glibc 2.36: 152, 290, 150).
+//! 1,000 live): FIFO 99 instructions, LIFO stacks 109, random order 128 (glibc 2.36: 152, 290, 150).
 //! The fast paths make no call and save no register; everything else is one tail call to a slow path.
 //!
 //! The region struct itself lives at the start of its first page (the *home* page), after the page
@@ -158,6 +158,9 @@ pub struct Region {
     /// whenever the current page is used up. Non-zero: frees are emptying pages (queue order), so the
     /// next page is carved rather than freed chunks reused (see [`Region::alloc_slow`]).
     emptied: u32,
+    /// Allocation takes freed chunks before bumping (random order); decided whenever the current page
+    /// is used up (see [`Region::alloc_slow`]).
+    reuse: bool,
 }
 
 /// The links of a freed chunk, in its first payload bytes: granule indexes from the base, `next` 0 at
@@ -201,6 +204,7 @@ impl Region {
                 ncache: 0,
                 home_empty: false,
                 emptied: 0,
+                reuse: false,
                 npages: 1,
                 callbacks: ptr::null_mut(),
             });
@@ -463,16 +467,16 @@ impl Region {
     pub fn alloc_or_null(&mut self, size: usize) -> *mut u8 {
         if size <= EXACT_MAX {
             let k = granules(size);
-            let p = self.bump;
-            let p = if k * REGION_GRANULE <= self.limit - p {
-                self.bump = p + k * REGION_GRANULE;
-                p
-            } else {
-                // Lists only while no page is open: a used-up page goes through the slow path, which
-                // chooses between a new page and the lists.
-                match if self.limit == 0 { self.pop(k) } else { None } {
-                    Some(p) => p,
-                    None => return self.alloc_slow_or_null(size),
+            // Freed chunks first only in random order (see `alloc_slow`).
+            let p = match if self.reuse { self.pop(k) } else { None } {
+                Some(p) => p,
+                None => {
+                    let p = self.bump;
+                    if k * REGION_GRANULE > self.limit - p {
+                        return self.alloc_slow_or_null(size);
+                    }
+                    self.bump = p + k * REGION_GRANULE;
+                    p
                 }
             };
             // SAFETY: p is a chunk of k granules of one of our small pages, now ours.
@@ -519,14 +523,13 @@ impl Region {
     /// The slow path of [`Region::alloc`]: a large block, a block above the exact classes, or the end
     /// of the current page (or of the list of the class when no page is open).
     ///
-    /// Where blocks come from when the current page is used up decides how FIFO and random order
-    /// behave: when pages emptied while the current page was carved, frees come in allocation order
-    /// (a queue) and the next page is carved (an emptied one, or from the pool), which keeps allocation
-    /// order equal to address order, what lets pages empty whole; only when none emptied (random
-    /// order: pages do not empty) are freed chunks reused. The region then stays without a current page: the fast path
-    /// pops the lists, and the first list that is empty brings a page from the pool. So a queue whose
-    /// order is slightly off (one block freed late) lists a few chunks that nobody reuses, instead of
-    /// scattering new blocks into old pages for ever.
+    /// Where blocks come from decides how FIFO and random order behave, and it is decided whenever the
+    /// current page is used up: when pages emptied lately (`emptied`), frees come in allocation order (a
+    /// queue) and allocation only carves (`reuse` off), which keeps allocation order equal to address
+    /// order, what lets pages empty whole; when none did (random order: pages do not empty), allocation
+    /// takes freed chunks of its class before carving (`reuse` on), which bounds the footprint. So a
+    /// queue whose order is slightly off (one block freed late) lists a few chunks that nobody reuses,
+    /// instead of scattering new blocks into old pages for ever.
     #[cold]
     #[inline(never)]
     fn alloc_slow(&mut self, size: usize) -> Option<NonNull<u8>> {
@@ -542,18 +545,11 @@ impl Region {
             }
         }
         if k * REGION_GRANULE > self.limit - self.bump {
-            let had_page = self.limit != 0;
             self.leave_current();
             // A score that decays by half per page carved: a queue, whose pages empty about as often as
             // new ones are carved but not in step with them, keeps it above zero.
-            let emptying = self.emptied != 0;
+            self.reuse = self.emptied == 0;
             self.emptied /= 2;
-            if had_page && c <= EXACT_GRANULES && !emptying {
-                if let Some(p) = self.pop(c) {
-                    // SAFETY: a listed chunk of class c is ours and free.
-                    return Some(unsafe { self.finish(p, k) });
-                }
-            }
             self.open_next()?;
         }
         let p = self.bump;
