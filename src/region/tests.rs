@@ -178,23 +178,27 @@ fn fifo_recycles_pages_and_keeps_footprint() {
 
 #[test]
 fn random_order_footprint_stays_bounded() {
-    let r = new_region();
-    let mut rng = Rng(11);
-    let mut live: Vec<usize> = Vec::new();
-    for _ in 0..300_000 {
-        if live.len() < 5000 || rng.below(2) == 0 {
-            live.push(r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize);
+    for live_target in [1000, 5000] {
+        let r = new_region();
+        let mut rng = Rng(11);
+        let mut live: Vec<usize> = Vec::new();
+        for step in 0..300_000 {
+            if live.len() < live_target || rng.below(2) == 0 {
+                live.push(r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize);
+            }
+            if live.len() > live_target {
+                let i = rng.below(live.len());
+                r.free(live.swap_remove(i)).unwrap();
+            }
+            if step % 500 == 0 && step > 10 * live_target {
+                let st = r.stats();
+                let footprint = (st.pages_in_use + st.pages_cached) * REGION_PAGE;
+                assert!(footprint <= 2 * st.live_bytes, "{live_target} live, step {step}: footprint {footprint} for {} live bytes", st.live_bytes);
+            }
         }
-        if live.len() > 5000 {
-            let i = rng.below(live.len());
-            r.free(live.swap_remove(i)).unwrap();
-        }
+        r.check();
+        destroy(r);
     }
-    r.check();
-    let st = r.stats();
-    let footprint = st.pages_in_use * REGION_PAGE;
-    assert!(footprint <= 2 * st.live_bytes, "footprint {footprint} for {} live bytes", st.live_bytes);
-    destroy(r);
 }
 
 #[test]
