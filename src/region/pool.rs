@@ -54,7 +54,8 @@ pub const T_TAIL: u32 = 4;
 
 const TABLE_BYTES: usize = REGION_PAGES * 4;
 const COLD_WORDS: usize = REGION_PAGES / 64;
-/// Bitmap numbers for `bits`/`next_bit`.
+/// Bitmap numbers for `word`/`set_bit`: free pages given back to the OS, free pages of freed runs kept
+/// resident.
 const COLD: usize = 0;
 const SPARE: usize = 1;
 /// Pages at the start of the reservation that hold the page table and the two bitmaps.
