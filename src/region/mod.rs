@@ -8,8 +8,8 @@
 //! through the pages opened before), a block freed in allocation order becomes *dead* so that its page
 //! empties whole (FIFO), any other goes on its class's free list. When the current page is used up, the
 //! next page is an empty one (the home page, the region's cache of recently emptied pages, else the
-//! pool), and if no page emptied lately (random order: pages do not empty) allocation takes the listed
-//! chunks of its class before bumping. That keeps the footprint bounded
+//! pool), and if no page emptied lately (random order: pages do not empty) or the pages hold more than
+//! 1.5 times the live bytes, allocation takes the listed chunks of its class before bumping. That keeps the footprint bounded
 //! when blocks die in random order (the reaps idea, Berger, Zorn and McKinley, OOPSLA 2002), while a
 //! queue keeps carving in allocation order even when a few of its blocks die late. A page whose last
 //! block dies leaves the region (the home page, which holds the region, is carved again instead): its
@@ -527,9 +527,10 @@ impl Region {
     /// current page is used up: when pages emptied lately (`emptied`), frees come in allocation order (a
     /// queue) and allocation only carves (`reuse` off), which keeps allocation order equal to address
     /// order, what lets pages empty whole; when none did (random order: pages do not empty), allocation
-    /// takes freed chunks of its class before carving (`reuse` on), which bounds the footprint. So a
-    /// queue whose order is slightly off (one block freed late) lists a few chunks that nobody reuses,
-    /// instead of scattering new blocks into old pages for ever.
+    /// takes freed chunks of its class before carving (`reuse` on), which bounds the footprint; so does
+    /// a footprint above 1.5 times the live bytes (a queue mixed with blocks that die in random order).
+    /// So a queue whose order is slightly off (one block freed late) lists a few chunks that nobody
+    /// reuses, instead of scattering new blocks into old pages for ever.
     #[cold]
     #[inline(never)]
     fn alloc_slow(&mut self, size: usize) -> Option<NonNull<u8>> {
@@ -548,7 +549,9 @@ impl Region {
             self.leave_current();
             // A score that decays by half per page carved: a queue, whose pages empty about as often as
             // new ones are carved but not in step with them, keeps it above zero.
-            self.reuse = self.emptied == 0;
+            // Reuse also when the pages hold more than 1.5 times the live bytes (a queue mixed with
+            // blocks that die in random order: their holes must not pile up while pages keep emptying).
+            self.reuse = self.emptied == 0 || self.npages * REGION_PAGE * 2 > self.live_bytes * 3;
             self.emptied /= 2;
             self.open_next()?;
         }

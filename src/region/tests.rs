@@ -720,3 +720,37 @@ fn deep_lifo_stacks_unwind_page_by_page_without_lists() {
     r.check();
     destroy(r);
 }
+
+#[test]
+fn a_queue_mixed_with_random_deaths_keeps_the_footprint_bounded() {
+    // Pages empty regularly (the queue's), so the region carves rather than reuses; the holes the
+    // random deaths leave must still be reused once they are a fair share of the memory.
+    for (qn, bn, burst, qshare) in [(1000, 3000, 100, 1), (3000, 1000, 100, 3), (5000, 500, 110, 3), (2000, 2000, 300, 2)] {
+        let r = new_region();
+        let mut rng = Rng(99);
+        let mut q = std::collections::VecDeque::new();
+        let mut b: Vec<usize> = Vec::new();
+        for step in 0..200_000 {
+            // Bursts of each kind, so that pages hold mostly one.
+            if (step / burst) % 4 < qshare {
+                q.push_back(r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize);
+                if q.len() > qn {
+                    r.free(q.pop_front().unwrap()).unwrap();
+                }
+            } else {
+                b.push(r.alloc(16 + rng.below(241)).unwrap().as_ptr() as usize);
+                if b.len() > bn {
+                    let i = rng.below(b.len());
+                    r.free(b.swap_remove(i)).unwrap();
+                }
+            }
+            if step % 1000 == 0 && step > 50_000 {
+                let st = r.stats();
+                let footprint = (st.pages_in_use + st.pages_cached) * REGION_PAGE;
+                assert!(footprint <= 2 * st.live_bytes, "{qn}/{bn}/{burst}/{qshare} step {step}: footprint {footprint} for {} live bytes", st.live_bytes);
+            }
+        }
+        r.check();
+        destroy(r);
+    }
+}
