@@ -129,11 +129,13 @@ pub const REGION_GRANULE: usize = 16;
 pub const REGION_GRANULES: usize = REGION_PAGE / REGION_GRANULE;
 /// Empty pages a region keeps for itself (most recently emptied first) before giving them to the pool.
 pub const REGION_CACHE_PAGES: usize = 4;
-/// The shared pool keeps at most this many free pages resident; past it, it gives memory back to the OS
-/// (`MADV_DONTNEED`) until only [`REGION_POOL_KEEP_LOW`] remain: hysteresis, so that a program that
-/// frees and reallocates a few pages does not pay a system call each time. 256 pages = 4 MiB.
+/// The shared pool keeps at most `max(this, pages in use)` free pages resident (freed single pages and the
+/// pages of freed runs); past it, it gives memory back to the OS (`MADV_DONTNEED`) until only
+/// `max(REGION_POOL_KEEP_LOW, 7/8 of the pages in use)` remain: hysteresis, so that a program that frees
+/// and reallocates pages or large blocks does not pay a system call and page faults each time, while
+/// resident memory stays within twice the pages in use (plus 4 MiB). 256 pages = 4 MiB.
 pub const REGION_POOL_KEEP_HIGH: usize = 256;
-/// Free resident pages the pool keeps after trimming (64 pages = 1 MiB).
+/// Free resident pages the pool keeps at least after trimming (64 pages = 1 MiB).
 pub const REGION_POOL_KEEP_LOW: usize = 64;
 /// Pages committed at a time when the pool carves fresh pages from the reservation (1 MiB).
 pub const REGION_POOL_COMMIT_STEP: usize = 64;
