@@ -525,6 +525,7 @@ impl Heap {
             }
         }
         assert_eq!(held, self.held.load(Ordering::Relaxed), "a equals the superblocks held");
+        // SAFETY: current superblocks are valid and ours.
         let cur_held: usize = self.cur.iter().filter(|&&sb| sb != superblock::none()).map(|&sb| unsafe { (*sb).size() }).sum();
         assert_eq!(cur_held, self.cur_held, "cur_held equals the current superblocks' bytes");
     }
