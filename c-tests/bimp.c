@@ -335,13 +335,7 @@ static void test_aligned(void) {
 }
 
 static size_t rss_bytes(void) {
-    FILE *f = fopen("/proc/self/statm", "r");
-    unsigned long size = 0, resident = 0;
-    if (f) {
-        if (fscanf(f, "%lu %lu", &size, &resident) != 2) resident = 0;
-        fclose(f);
-    }
-    return resident * page;
+    return statm_pages(1) * page;
 }
 
 static void test_decommit(void) {
@@ -511,10 +505,8 @@ static int child_mode(const char *mode) {
     } else if (strcmp(mode, "rlimit") == 0) {
         /* With 512 MiB of address space left the heap takes a smaller reservation, serves
          * allocations, and reports ENOMEM (never a crash) when it is exhausted. */
-        unsigned long vm_pages = 0;
-        FILE *f = fopen("/proc/self/statm", "r");
-        if (!f || fscanf(f, "%lu", &vm_pages) != 1) return 5;
-        fclose(f);
+        unsigned long vm_pages = statm_pages(0);
+        if (vm_pages == 0) return 5;
         rlim_t limit = (rlim_t)vm_pages * page + ((rlim_t)512 << 20);
         struct rlimit rl = {limit, limit};
         if (setrlimit(RLIMIT_AS, &rl) != 0) return 2;

@@ -2,6 +2,7 @@
  *
  *   CHECK("malloc-zero", p != NULL);   counts a pass, or prints file:line, the name and the expression
  *   return check_summary();            prints "<program>: N checks passed, M failed"; 0 if none failed
+ *   statm_pages(1)                     the resident set in pages (0: the address-space size)
  *
  * Header-only; every test program includes it once. */
 #ifndef RALLOCS_CHECK_H
@@ -29,5 +30,17 @@ static inline int check_summary_of(const char *program) {
 }
 
 #define check_summary() check_summary_of(__FILE__)
+
+/* Field `field` of /proc/self/statm (0: address-space size, 1: resident set), in pages; 0 when it
+ * cannot be read. */
+static inline unsigned long statm_pages(int field) {
+    unsigned long v[2] = {0, 0};
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%lu %lu", &v[0], &v[1]) != 2) v[0] = v[1] = 0;
+        fclose(f);
+    }
+    return v[field];
+}
 
 #endif /* RALLOCS_CHECK_H */

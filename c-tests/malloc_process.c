@@ -421,13 +421,7 @@ static void test_dead_owner(void) {
 
 /* ---- 4. Out of memory ---- */
 static size_t vm_size(void) {
-    FILE *f = fopen("/proc/self/statm", "r");
-    unsigned long pages = 0;
-    if (f) {
-        if (fscanf(f, "%lu", &pages) != 1) pages = 0;
-        fclose(f);
-    }
-    return (size_t)pages * (size_t)sysconf(_SC_PAGESIZE);
+    return (size_t)statm_pages(0) * (size_t)sysconf(_SC_PAGESIZE);
 }
 
 #define OOM_CHECK(name, expr)                                                                      \

@@ -48,13 +48,7 @@ static region_stats_t stats(const region_t *r) {
 }
 
 static size_t rss_bytes(void) {
-    FILE *f = fopen("/proc/self/statm", "r");
-    unsigned long size = 0, res = 0;
-    if (f) {
-        if (fscanf(f, "%lu %lu", &size, &res) != 2) res = 0;
-        fclose(f);
-    }
-    return res * (size_t)sysconf(_SC_PAGESIZE);
+    return statm_pages(1) * (size_t)sysconf(_SC_PAGESIZE);
 }
 
 /* ---- abort cases, run in a child process ---------------------------------------------------------- */

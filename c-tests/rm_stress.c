@@ -24,17 +24,6 @@
 
 #include "check.h"
 
-rm_status_t rmalloc(rm_memory_t **handle, size_t size);
-rm_status_t rmlock(rm_memory_t *h, void **ptr);
-rm_status_t rmunlock(rm_memory_t *h);
-rm_status_t rmfree(rm_memory_t *h);
-rm_status_t rmrealloc(rm_memory_t *h, size_t size);
-size_t rmsize(const rm_memory_t *h);
-rm_status_t rmsetpurgeable(rm_memory_t *h, bool purgeable);
-rm_status_t rmcompact(uint64_t budget_us);
-rm_status_t rmsetlimit(size_t bytes);
-void rm_stats_get(rm_stats_t *out);
-
 static uint64_t rng_next(uint64_t *s) {
     *s ^= *s >> 12;
     *s ^= *s << 25;
