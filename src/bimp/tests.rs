@@ -81,6 +81,19 @@ fn random_size(rng: &mut Rng) -> usize {
     }
 }
 
+/// Frees live block `i` of the model, through the C path or the checked one at random, after
+/// verifying its contents.
+fn free_model_block(h: &mut Heap, m: &mut Model, i: usize, rng: &mut Rng) {
+    let b = m.live.swap_remove(i);
+    verify(&b, b.req);
+    if rng.below(2) == 0 {
+        h.free_c(b.p as *mut u8, "model");
+    } else {
+        h.free(b.p as *mut u8).expect("free");
+    }
+    m.freed.push((b.p, b.cap));
+}
+
 fn model_run(seed: u64, steps: usize) {
     let mut rng = Rng(seed);
     let mut h = Heap::new(64 << 20);
@@ -108,14 +121,7 @@ fn model_run(seed: u64, steps: usize) {
         } else if op < 75 {
             // free: the top block half of the time, else any
             let i = if rng.below(2) == 0 { m.top_index().unwrap() } else { rng.below(m.live.len()) };
-            let b = m.live.swap_remove(i);
-            verify(&b, b.req);
-            if rng.below(2) == 0 {
-                h.free_c(b.p as *mut u8, "model");
-            } else {
-                h.free(b.p as *mut u8).expect("free");
-            }
-            m.freed.push((b.p, b.cap));
+            free_model_block(&mut h, &mut m, i, &mut rng);
         } else if op < 95 {
             // realloc: the top block half of the time, else any
             let i = if rng.below(2) == 0 { m.top_index().unwrap() } else { rng.below(m.live.len()) };
@@ -148,14 +154,7 @@ fn model_run(seed: u64, steps: usize) {
             // unwind: free the top few blocks
             for _ in 0..rng.below(6) {
                 let Some(i) = m.top_index() else { break };
-                let b = m.live.swap_remove(i);
-                verify(&b, b.req);
-                if rng.below(2) == 0 {
-                    h.free_c(b.p as *mut u8, "model");
-                } else {
-                    h.free(b.p as *mut u8).expect("free");
-                }
-                m.freed.push((b.p, b.cap));
+                free_model_block(&mut h, &mut m, i, &mut rng);
             }
         }
         m.compare(&h);
