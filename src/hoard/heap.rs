@@ -135,7 +135,8 @@ pub fn no_heap() -> *mut Heap {
 /// `h` is a heap or [`no_heap()`].
 #[inline(always)]
 pub unsafe fn owns(h: *const Heap, chunk: usize) -> bool {
-    // The slot's byte offset in one shift and one mask (`owned_slot(chunk) * 8`).
+    // The slot's byte offset in one shift and one mask (`owned_slot(chunk) * 8`): indexing with
+    // `owned_slot` compiles to one instruction more on the free fast path.
     let off = (chunk >> (SUPERBLOCK_SHIFT - 3)) & ((OWNED_CACHE_SLOTS - 1) << 3);
     // SAFETY: off is a multiple of 8 below OWNED_CACHE_SLOTS * 8: one of the cache's slots.
     unsafe { *(*h).owned.as_ptr().cast::<u8>().add(off).cast::<usize>() == chunk }
@@ -143,7 +144,7 @@ pub unsafe fn owns(h: *const Heap, chunk: usize) -> bool {
 
 /// The slot of the owned-superblock cache for the superblock (or 64 KiB chunk) at `addr`.
 #[inline(always)]
-pub fn owned_slot(addr: usize) -> usize {
+fn owned_slot(addr: usize) -> usize {
     (addr >> SUPERBLOCK_SHIFT) & (OWNED_CACHE_SLOTS - 1)
 }
 

@@ -152,7 +152,7 @@ fn owner_of_large(p: *mut u8, func: &str) -> Owner {
 #[inline(always)]
 pub unsafe fn free(p: *mut u8, func: &str, record: bool) {
     // Fastest: a block of a superblock this thread's heap owns, found in the heap's owned cache (no
-    // address-map lookup; the cache is exact). While tracing, `current()` is null and every free takes
+    // address-map lookup; the cache is exact). While tracing, `fast()` is NO_HEAP and every free takes
     // the checked path, where it is recorded.
     let h = thread::fast();
     let sb = owned_superblock(h, p);

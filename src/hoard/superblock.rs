@@ -165,12 +165,6 @@ impl Superblock {
         self.headroom -= n as i32;
     }
 
-    /// The fullness boundary: the owner's free takes its slow path once `used` drops below it.
-    #[inline]
-    pub fn rebin_below(&self) -> u32 {
-        self.rebin_below
-    }
-
     /// Moves the fullness boundary, keeping `used` unchanged.
     #[inline]
     pub fn set_rebin_below(&mut self, v: u32) {

@@ -2,11 +2,11 @@
 //!
 //! A replacement malloc in a shared library must not reach thread-local storage through
 //! `__tls_get_addr` (the general-dynamic model), which may itself call malloc. On x86-64 the slot is a
-//! `.tbss` variable declared in assembly and read with the initial-exec model (`@GOTTPOFF`): two
+//! `.tdata` variable declared in assembly and read with the initial-exec model (`@GOTTPOFF`): two
 //! instructions, no call. Elsewhere the slot is a pthread key (a libc call, slower but correct). A
 //! thread without a heap reads [`no_heap()`] from [`fast()`], never null.
 //!
-//! Two slots: the fast paths read `current()`; while the trace recorder is on (`RALLOCS_TRACE`), a
+//! Two slots: the fast paths read `fast()`; while the trace recorder is on (`RALLOCS_TRACE`), a
 //! thread's heap lives in the second slot (`traced()`) instead, so that every call misses the fast
 //! paths and is recorded on a slow path: tracing costs the fast paths nothing.
 //!
