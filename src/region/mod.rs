@@ -757,18 +757,6 @@ impl Region {
     /// order): validates `p`'s page, remembers it, then frees.
     #[inline(never)]
     fn free_other_page(&mut self, p: usize) -> Result<(), BadPointer> {
-        let page = p & !PAGE_MASK;
-        let off = p.wrapping_sub(self.base);
-        // SAFETY: the index is inside the reservation (checked first); a small page in use is committed
-        // and its `region` field is atomic.
-        let small_and_ours = off < REGION_RESERVE
-            && unsafe { table_entry(self.base, off / REGION_PAGE) } == T_SMALL
-            && ptr::eq(unsafe { (*(page as *const PageHeader)).region.load(Ordering::Relaxed) }, self);
-        if small_and_ours {
-            self.set_mru(page);
-            // SAFETY: the page is a small page of ours.
-            return unsafe { self.free_small(page, p) };
-        }
         match self.owner_page(p)? {
             (page, KIND_SMALL) => {
                 self.set_mru(page);
