@@ -170,6 +170,20 @@ static blk_t grow_to(blk_t b, size_t ns) {
 
 static blk_t grow(blk_t b, uint64_t *r) { return grow_to(b, pick_size(r)); }
 
+/* Takes slot k out of l: the last block moves into it. */
+static void local_remove(local_t *l, size_t k) {
+    l->n--;
+    l->b[k] = l->b[l->n];
+    l->owner[k] = l->owner[l->n];
+}
+
+/* Frees slot k of l, counting a block another thread allocated as a cross-thread free. */
+static void local_free(local_t *l, size_t k, unsigned me, uint64_t *r) {
+    if (l->owner[k] != me) atomic_fetch_add(&cross_frees, 1);
+    destroy(l->b[k], r);
+    local_remove(l, k);
+}
+
 typedef struct worker {
     pthread_t th;
     unsigned id;
@@ -187,24 +201,12 @@ static void *worker(void *arg) {
     for (int op = 0; op < OPS; op++) {
         unsigned c = (unsigned)(rng_next(&r) % 100);
         if (c < 40 || l->n == 0) { /* allocate */
-            if (l->n == LOCAL) {
-                size_t k = rng_next(&r) % l->n;
-                if (l->owner[k] != me->id) atomic_fetch_add(&cross_frees, 1);
-                destroy(l->b[k], &r);
-                l->n--;
-                l->b[k] = l->b[l->n];
-                l->owner[k] = l->owner[l->n];
-            }
+            if (l->n == LOCAL) local_free(l, rng_next(&r) % l->n, me->id, &r);
             l->b[l->n] = make(&r);
             l->owner[l->n] = me->id;
             if (l->b[l->n].p) l->n++;
         } else if (c < 70) { /* free one of ours (maybe one received from another thread) */
-            size_t k = rng_next(&r) % l->n;
-            if (l->owner[k] != me->id) atomic_fetch_add(&cross_frees, 1);
-            destroy(l->b[k], &r);
-            l->n--;
-            l->b[k] = l->b[l->n];
-            l->owner[k] = l->owner[l->n];
+            local_free(l, rng_next(&r) % l->n, me->id, &r);
         } else if (c < 95) { /* swap one of ours with a slot of the exchange */
             size_t k = rng_next(&r) % l->n;
             size_t s = rng_next(&r) % SLOTS;
@@ -219,14 +221,10 @@ static void *worker(void *arg) {
                 } else {
                     atomic_fetch_add(&cross_frees, 1);
                     destroy(got, &r);
-                    l->n--;
-                    l->b[k] = l->b[l->n];
-                    l->owner[k] = l->owner[l->n];
+                    local_remove(l, k);
                 }
             } else {
-                l->n--;
-                l->b[k] = l->b[l->n];
-                l->owner[k] = l->owner[l->n];
+                local_remove(l, k);
             }
         } else { /* realloc */
             size_t k = rng_next(&r) % l->n;
